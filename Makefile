@@ -1,0 +1,57 @@
+# normlab: the short verbs. `make train` and `make test` install what they need first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+# glibc malloc settings that remove most CPU timing noise (see DESIGN.md).
+export MALLOC_MMAP_THRESHOLD_ := 33554432
+export MALLOC_TRIM_THRESHOLD_ := 68719476736
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-all sweep bench report lint format data clean
+
+help: ## list the verbs
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install normlab (editable) with dev extras
+
+train: $(STAMP) ## run the default job (real digits data, CPU); extra overrides via ARGS="..."
+	$(BIN)/python train.py $(ARGS)
+
+test: $(STAMP) ## run the fast test suite
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-all: $(STAMP) ## run every test, the slow ones too
+	$(BIN)/python -m pytest -q $(ARGS)
+
+sweep: $(STAMP) ## example multirun: BN vs GN at two batch sizes on digits
+	$(BIN)/python train.py -m norm=bn,gn batch_size=4,32 $(ARGS)
+
+bench: $(STAMP) ## speed of every norm relative to BatchNorm2d (CPU)
+	$(BIN)/python scripts/bench_norms.py $(ARGS)
+
+report: $(STAMP) ## table + plots of a sweep folder: make report ARGS=multirun/<date>/<time>
+	$(BIN)/python scripts/report.py $(ARGS)
+
+data: $(STAMP) ## unpack the shared CIFAR-10 JPEGs into .cache/data
+	$(BIN)/python -m normlab.data.shared
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check src tests scripts train.py
+	$(BIN)/ruff format --check src tests scripts train.py
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests scripts train.py
+	$(BIN)/ruff format src tests scripts train.py
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache

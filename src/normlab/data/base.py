@@ -1,0 +1,107 @@
+"""The LightningDataModule that every normlab data set shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from normlab.data.tensors import NormalizeCollate, TensorImageDataset, channel_stats, take_subset
+
+
+@dataclass
+class LoaderOptions:
+    """How batches are served: per-device batch size, workers, seed of the subsets."""
+
+    batch_size: int
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    train_samples: int | None = None
+    val_samples: int | None = None
+    seed: int = 0
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/val image sets, shapes the model needs, and loaders (drop_last in training).
+
+    Subclasses implement `load()` returning (train, val) datasets and set `num_classes`,
+    `in_channels`, `image_size`.
+    """
+
+    name = "base"
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+    def __init__(self, options: LoaderOptions) -> None:
+        super().__init__()
+        if options.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {options.batch_size}")
+        self.options = options
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.collate = None
+
+    def load(self) -> tuple[Dataset, Dataset]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set = self.load()
+            if len(self.train_set) < self.options.batch_size:  # type: ignore[arg-type]
+                raise ValueError(
+                    f"batch_size={self.options.batch_size} exceeds the {len(self.train_set)} "  # type: ignore[arg-type]
+                    f"training samples of data={self.name}"
+                )
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,  # a batch of one must never reach a BatchNorm
+            num_workers=self.options.num_workers,
+            persistent_workers=self.options.num_workers > 0,
+            collate_fn=self.collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        assert self.train_set is not None
+        return self._loader(self.train_set, self.options.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        assert self.val_set is not None
+        batch = self.options.eval_batch_size or max(self.options.batch_size, 128)
+        return self._loader(self.val_set, batch, train=False)
+
+
+class InMemoryDataModule(ImageDataModule):
+    """A data set small enough to keep decoded as uint8 tensors; augments tensors."""
+
+    pad: int = 4
+    flip: bool = True
+
+    def __init__(self, options: LoaderOptions, augment: bool = True) -> None:
+        super().__init__(options)
+        self.augment = augment
+
+    def load_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train images, train labels, val images, val labels), images uint8 NCHW."""
+        raise NotImplementedError
+
+    def load(self) -> tuple[Dataset, Dataset]:
+        train_x, train_y, val_x, val_y = self.load_tensors()
+        train_x, train_y = take_subset(
+            train_x, train_y, self.options.train_samples, self.options.seed
+        )
+        val_x, val_y = take_subset(val_x, val_y, self.options.val_samples, self.options.seed + 1)
+        self.in_channels = train_x.shape[1]
+        self.image_size = train_x.shape[-1]
+        mean, std = channel_stats(train_x)
+        self.collate = NormalizeCollate(mean, std)
+        pad, flip = (self.pad, self.flip) if self.augment else (0, False)
+        return TensorImageDataset(train_x, train_y, pad, flip), TensorImageDataset(val_x, val_y)

@@ -1,0 +1,68 @@
+"""From the `data` config group to a DataModule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from normlab.data.base import ImageDataModule, LoaderOptions
+from normlab.data.cifar import CifarDataModule
+from normlab.data.digits import DigitsDataModule
+from normlab.data.folder import AUGMENTS, FolderStreamDataModule, FolderTensorDataModule
+from normlab.data.shared import default_cache_dir
+from normlab.data.synthetic import SyntheticDataModule
+
+_LOADER_KEYS = {"num_workers", "train_samples", "val_samples", "eval_batch_size"}
+_DATASET_KEYS: dict[str, set[str]] = {
+    "digits": {"image_size", "val_fraction", "augment"},
+    "cifar10": {"root", "download", "augment"},
+    "cifar100": {"root", "download", "augment"},
+    "folder": {"root", "augment", "image_size", "cache_dir"},
+    "synthetic": {"num_samples", "num_classes", "image_size", "channels"},
+}
+
+
+def available_datasets() -> list[str]:
+    """Names `data.name` accepts."""
+    return sorted(_DATASET_KEYS)
+
+
+def build_datamodule(
+    data_cfg: Mapping[str, Any], batch_size: int, seed: int = 0
+) -> ImageDataModule:
+    """The DataModule `data_cfg` describes, serving per-device batches of `batch_size`."""
+    cfg = dict(data_cfg)
+    name = cfg.pop("name", None)
+    if name not in _DATASET_KEYS:
+        raise ValueError(
+            f"unknown data set '{name}'; valid choices: {', '.join(available_datasets())}"
+        )
+    unknown = sorted(set(cfg) - _DATASET_KEYS[name] - _LOADER_KEYS)
+    if unknown:
+        valid = ", ".join(sorted(_DATASET_KEYS[name] | _LOADER_KEYS))
+        raise ValueError(f"data={name} got unknown option(s) {', '.join(unknown)}; valid: {valid}")
+    options = LoaderOptions(
+        batch_size=int(batch_size),
+        eval_batch_size=cfg.pop("eval_batch_size", None),
+        num_workers=int(cfg.pop("num_workers", 0) or 0),
+        train_samples=cfg.pop("train_samples", None),
+        val_samples=cfg.pop("val_samples", None),
+        seed=seed,
+    )
+    if name == "digits":
+        return DigitsDataModule(options, **cfg)
+    if name in ("cifar10", "cifar100"):
+        return CifarDataModule(options, classes=int(name[5:]), **cfg)
+    if name == "synthetic":
+        return SyntheticDataModule(options, **cfg)
+    augment = cfg.pop("augment", "cifar")
+    if augment not in AUGMENTS:
+        raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")
+    if not cfg.get("root"):
+        raise ValueError("data=folder needs data.root=<folder with train/ and val/ or test/>")
+    if augment == "imagenet":
+        cfg.pop("cache_dir", None)
+        return FolderStreamDataModule(options, **cfg)
+    cfg.pop("image_size", None)
+    cache_dir = cfg.pop("cache_dir", None) or str(default_cache_dir() / "decoded")
+    return FolderTensorDataModule(options, cfg["root"], cache_dir, augment=augment == "cifar")

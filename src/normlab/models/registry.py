@@ -1,0 +1,116 @@
+"""Model names users type (`model=resnet20`) and how each is built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from normlab.models.layers import conv_factory
+from normlab.models.resnet import BasicBlock, Bottleneck, PreActBasicBlock, ResNet
+from normlab.models.timm_backbone import build_timm_model
+from normlab.norms import NormFactory
+
+
+@dataclass(frozen=True)
+class ResNetLayout:
+    """Depths and widths of one named ResNet."""
+
+    block: str  # "basic" or "bottleneck"
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    shortcut: str  # "A" zero-pad (He et al. CIFAR) or "B" 1x1 projection
+
+
+RESNETS: dict[str, ResNetLayout] = {
+    "resnet20": ResNetLayout("basic", (3, 3, 3), (16, 32, 64), "A"),
+    "resnet56": ResNetLayout("basic", (9, 9, 9), (16, 32, 64), "A"),
+    "resnet110": ResNetLayout("basic", (18, 18, 18), (16, 32, 64), "A"),
+    "resnet18": ResNetLayout("basic", (2, 2, 2, 2), (64, 128, 256, 512), "B"),
+    "resnet50": ResNetLayout("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), "B"),
+}
+
+_NORMLAB_KEYS = {
+    "source",
+    "name",
+    "preact",
+    "zero_init_last",
+    "weight_standardization",
+    "stem",
+    "activation",
+    "shortcut",
+}
+_TIMM_KEYS = {"source", "name", "activation", "timm_kwargs"}
+
+
+def available_models() -> list[str]:
+    """Names `model=` accepts; `model=timm model.name=<timm name>` reaches any timm backbone."""
+    return sorted([*RESNETS, "timm"])
+
+
+def _resolve_stem(stem: str, image_size: int) -> str:
+    if stem == "auto":
+        return "cifar" if image_size <= 64 else "imagenet"
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"model.stem must be auto, cifar or imagenet, got '{stem}'")
+    return stem
+
+
+def _check_keys(cfg: Mapping[str, Any], valid: set[str], what: str) -> None:
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown {what} model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
+
+
+def build_model(
+    model_cfg: Mapping[str, Any],
+    norm: NormFactory,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+) -> nn.Module:
+    """Build the model that `model_cfg` names, with every norm layer from `norm`."""
+    cfg = dict(model_cfg)
+    source = cfg.get("source", "normlab")
+    name = cfg.get("name")
+    activation = cfg.get("activation", "relu")
+    if source == "timm":
+        _check_keys(cfg, _TIMM_KEYS, "timm")
+        return build_timm_model(
+            str(name),
+            norm,
+            num_classes,
+            in_channels,
+            activation,
+            **dict(cfg.get("timm_kwargs") or {}),
+        )
+    if source != "normlab":
+        raise ValueError(f"model.source must be normlab or timm, got '{source}'")
+    _check_keys(cfg, _NORMLAB_KEYS, "normlab")
+    if name not in RESNETS:
+        raise ValueError(
+            f"unknown model '{name}'; valid choices: {', '.join(available_models())} "
+            "(timm backbones: model=timm model.name=<timm name>)"
+        )
+    layout = RESNETS[name]
+    preact = bool(cfg.get("preact", False))
+    if preact and layout.block != "basic":
+        raise ValueError(f"model.preact=true is available for basic-block ResNets, not {name}")
+    block = PreActBasicBlock if preact else (BasicBlock if layout.block == "basic" else Bottleneck)
+    return ResNet(
+        block,
+        layout.depths,
+        layout.widths,
+        num_classes,
+        norm,
+        conv_factory(bool(cfg.get("weight_standardization", False))),
+        in_channels=in_channels,
+        stem=_resolve_stem(cfg.get("stem", "auto"), image_size),
+        activation=activation,
+        shortcut=cfg.get("shortcut") or layout.shortcut,
+        zero_init_last=bool(cfg.get("zero_init_last", False)),
+    )

@@ -1,0 +1,28 @@
+"""Normalization layers behind one registry: `build_norm(name, num_channels, activation, **params)`."""
+
+from normlab.norms.base import NormAct, NormLayer, is_norm_layer, zero_init_norm_
+from normlab.norms.registry import (
+    NormFactory,
+    NormSpec,
+    available_norms,
+    build_norm,
+    get_norm_spec,
+    norm_factory,
+    register_norm,
+    validate_norm_params,
+)
+
+__all__ = [
+    "NormAct",
+    "NormFactory",
+    "NormLayer",
+    "NormSpec",
+    "available_norms",
+    "build_norm",
+    "get_norm_spec",
+    "is_norm_layer",
+    "norm_factory",
+    "register_norm",
+    "validate_norm_params",
+    "zero_init_norm_",
+]

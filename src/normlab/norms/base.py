@@ -1,0 +1,54 @@
+"""What every normlab norm layer has in common: batch dependence, activation fusing, zero-init."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from normlab.norms.activations import make_activation
+
+
+class NormLayer(nn.Module):
+    """Marker base for normlab norm layers.
+
+    `batch_dependent` says whether a sample's output in training depends on the other
+    samples of the batch; callbacks (PreciseBN, FrozenBN, sync) find their layers by it.
+    `fuses_activation` says whether the layer applies its activation itself.
+    """
+
+    batch_dependent: bool = False
+    fuses_activation: bool = False
+
+    def zero_init_(self) -> None:
+        """Make the layer's output start at zero (last norm of a residual branch)."""
+        weight = getattr(self, "weight", None)
+        if isinstance(weight, nn.Parameter):
+            nn.init.zeros_(weight)
+
+
+class NormAct(NormLayer):
+    """A norm layer followed by an activation, for methods that do not fuse the two."""
+
+    def __init__(self, norm: nn.Module, activation: str | None) -> None:
+        super().__init__()
+        self.norm = norm
+        self.act = make_activation(activation)
+        self.batch_dependent = bool(getattr(norm, "batch_dependent", False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(x))
+
+    def zero_init_(self) -> None:
+        zero_init_norm_(self.norm)
+
+
+def is_norm_layer(module: nn.Module) -> bool:
+    """True for modules built by the normlab norm registry."""
+    return isinstance(module, NormLayer)
+
+
+def zero_init_norm_(module: nn.Module) -> None:
+    """Zero the scale of a norm layer so its residual branch starts as identity."""
+    if isinstance(module, NormLayer):
+        module.zero_init_()
+    elif isinstance(getattr(module, "weight", None), nn.Parameter):
+        nn.init.zeros_(module.weight)

@@ -1,0 +1,42 @@
+"""results.json: the one file every run writes and every report reads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+STATUSES = ("running", "completed", "diverged", "failed")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
+    """Write results.json atomically (temp file + rename) so readers never see half a file."""
+    if results.get("status") not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {results.get('status')!r}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / RESULTS_FILE
+    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".results-", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(_clean(results), handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(output_dir: Path) -> dict[str, Any]:
+    """The results.json of a run folder."""
+    return json.loads((Path(output_dir) / RESULTS_FILE).read_text())
