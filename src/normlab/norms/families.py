@@ -1,3 +1,15 @@
-"""Imports every norm family so that its methods are registered."""
+"""Imports every norm family module of this package so that its methods are registered.
 
-from normlab.norms import batch, group, identity  # noqa: F401
+A family is any module of normlab.norms that registers methods; new families need no edit here.
+"""
+
+import importlib
+import pkgutil
+
+import normlab.norms as _package
+
+_INFRASTRUCTURE = {"activations", "base", "families", "registry"}
+
+for _info in pkgutil.iter_modules(_package.__path__):
+    if _info.name not in _INFRASTRUCTURE and not _info.name.startswith("_"):
+        importlib.import_module(f"{_package.__name__}.{_info.name}")
