@@ -18,6 +18,14 @@ class NormLayer(nn.Module):
     batch_dependent: bool = False
     fuses_activation: bool = False
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse, before training starts, a per-device batch this layer cannot normalize."""
+        if self.batch_dependent and batch_size < 2:
+            raise ValueError(
+                f"{type(self).__name__} normalizes over the batch and cannot train with a "
+                f"per-device batch of {batch_size}; use batch_size >= 2 or a batch-independent norm"
+            )
+
     def zero_init_(self) -> None:
         """Make the layer's output start at zero (last norm of a residual branch)."""
         weight = getattr(self, "weight", None)
@@ -36,6 +44,11 @@ class NormAct(NormLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.norm(x))
+
+    def check_batch_size(self, batch_size: int) -> None:
+        check = getattr(self.norm, "check_batch_size", None)
+        if check is not None:
+            check(batch_size)
 
     def zero_init_(self) -> None:
         zero_init_norm_(self.norm)
