@@ -71,9 +71,11 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torc
 def lr_lambda(
     cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int
 ) -> Callable[[int], float]:
-    """Multiplier of the base rate per optimizer step: linear warm-up, then cosine or step decay."""
+    """Multiplier of the base rate per optimizer step: linear warm-up (at most a fifth of the
+    run), then cosine or step decay."""
     name = cfg.get("name")
-    warmup = int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
+    # Warm-up is capped at a fifth of the run, so one-epoch runs still decay.
+    warmup = min(int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch)), total_steps // 5)
     if name not in ("cosine", "step", "constant"):
         raise ValueError(f"sched.name must be cosine, step or constant, got '{name}'")
     milestones = [int(round(e * steps_per_epoch)) for e in cfg.get("milestones", [])]

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
@@ -126,4 +126,15 @@ class FolderStreamDataModule(ImageDataModule):
         train = datasets.ImageFolder(str(train_dir), transform=train_tf)
         val = datasets.ImageFolder(str(eval_dir), transform=eval_tf)
         self.num_classes = len(train.classes)
-        return train, val
+        return (
+            subset(train, self.options.train_samples, self.options.seed),
+            subset(val, self.options.val_samples, self.options.seed + 1),
+        )
+
+
+def subset(dataset: Dataset, count: int | None, seed: int) -> Dataset:
+    """A seeded random subset of `count` samples of a streamed data set (all when None)."""
+    if count is None or count >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
+    return Subset(dataset, order[:count].tolist())

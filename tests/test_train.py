@@ -1,0 +1,107 @@
+"""Real `python train.py` runs as subprocesses: a single run, a 2x2 sweep, CIFAR-10 from a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_train
+
+AXES = ("norm", "batch_size", "model", "data", "seed", "devices")
+REQUIRED = (
+    "status",
+    "val_acc",
+    "best_val_acc",
+    "val_loss",
+    "train_loss",
+    "epochs",
+    "steps",
+    "wall_s",
+    "train_images_per_s",
+)
+
+
+def load_results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_default_job_trains_and_writes_results(tmp_path: Path) -> None:
+    proc = run_train(["trainer.max_epochs=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = load_results(tmp_path / "run")
+    for key in REQUIRED + AXES:
+        assert key in results, key
+    assert results["status"] == "completed"
+    assert (
+        results["norm"] == "bn" and results["data"] == "digits" and results["model"] == "resnet20"
+    )
+    assert results["epochs"] == 3 and results["steps"] == 3 * (1437 // 32)
+    assert results["val_acc"] > 0.3, "better than chance (0.1) on real digits"
+    assert 0 <= results["val_acc"] <= results["best_val_acc"] <= 1
+    assert results["train_images_per_s"] > 0
+    run = tmp_path / "run"
+    assert (run / ".hydra" / "config.yaml").exists() and (run / "config_resolved.yaml").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists() and (
+        run / "checkpoints" / "best.ckpt"
+    ).exists()
+    assert (run / "csv" / "metrics.csv").exists()
+
+
+def test_two_by_two_multirun_writes_four_results(tmp_path: Path) -> None:
+    proc = run_train(
+        [
+            "-m",
+            "norm=bn,gn",
+            "batch_size=16,32",
+            "trainer.max_epochs=1",
+            "data.train_samples=256",
+            "callbacks.checkpoint.enabled=false",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "results.json").exists())
+    assert len(folders) == 4
+    combos = {(r["norm"], r["batch_size"]) for r in map(load_results, folders)}
+    assert combos == {("bn", 16), ("bn", 32), ("gn", 16), ("gn", 32)}
+    assert all(load_results(f)["status"] == "completed" for f in folders)
+
+
+def test_cifar10_from_the_shared_folder(tmp_path: Path, cifar10_root: Path) -> None:
+    proc = run_train(
+        [
+            "data=folder",
+            f"data.root={cifar10_root}",
+            "model=resnet20",
+            "norm=bn",
+            "batch_size=32",
+            "trainer.max_epochs=1",
+            "data.train_samples=4000",
+            "data.val_samples=1000",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = load_results(tmp_path / "run")
+    assert results["status"] == "completed" and results["data"] == "folder"
+    assert results["steps"] == 4000 // 32
+    assert results["val_acc"] > 0.15, "better than chance (0.1) after one short epoch"
+
+
+def test_unknown_norm_exits_with_one_line(tmp_path: Path) -> None:
+    proc = run_train(["norm=nope"], tmp_path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line]
+    assert lines == [
+        "normlab: error: unknown norm 'nope'; valid choices: "
+        + lines[0].split("valid choices: ")[1]
+    ]
+    assert "bn" in lines[0] and "gn" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_bad_norm_parameter_exits_with_one_clear_line(tmp_path: Path) -> None:
+    proc = run_train(["norm=gn", "norm.groups=5"], tmp_path)
+    assert proc.returncode != 0
+    assert "normlab: error: gn: groups=5 does not divide num_channels=16" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert load_results(tmp_path / "run")["status"] == "failed"
