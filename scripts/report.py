@@ -1,0 +1,30 @@
+"""Summarise a sweep folder: python scripts/report.py multirun/<date>/<time>-<id>
+
+Prints the status counts and a norm x batch-size table of best validation accuracy (%), and
+writes results.csv, table.txt and accuracy.png into the folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from normlab.report import write_report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args()
+    try:
+        outputs = write_report(args.folder)
+    except FileNotFoundError as error:
+        print(f"normlab: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(outputs["table"].read_text())
+    for kind, path in outputs.items():
+        print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Sweep folders -> tables and plots. Reads only results.json files, so a report can be made
+while a sweep runs or after some of its jobs failed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from normlab.results import RESULTS_FILE  # noqa: E402
+
+COLUMNS = [
+    "norm",
+    "batch_size",
+    "model",
+    "data",
+    "seed",
+    "momentum",
+    "status",
+    "val_acc",
+    "best_val_acc",
+    "val_loss",
+    "train_loss",
+    "epochs",
+    "steps",
+    "wall_s",
+    "train_images_per_s",
+]
+
+
+def collect_results(folder: Path) -> pd.DataFrame:
+    """One row per run folder below `folder` holding a results.json."""
+    rows = []
+    for path in sorted(Path(folder).rglob(RESULTS_FILE)):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            record = {"status": "unreadable"}
+        record["run"] = str(path.parent.relative_to(folder)) or "."
+        rows.append(record)
+    if not rows:
+        raise FileNotFoundError(f"no {RESULTS_FILE} below {folder}")
+    frame = pd.DataFrame(rows)
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    return frame
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """How many runs completed, diverged, failed (or are still running)."""
+    return {str(k): int(v) for k, v in frame["status"].value_counts().items()}
+
+
+def accuracy_table(frame: pd.DataFrame, value: str = "best_val_acc") -> pd.DataFrame:
+    """Mean `value` (in %) per norm (rows) and batch size (columns) over completed runs and seeds."""
+    done = frame[frame["status"] == "completed"]
+    if done.empty:
+        return pd.DataFrame()
+    table = done.pivot_table(index="norm", columns="batch_size", values=value, aggfunc="mean") * 100
+    return table.round(2)
+
+
+def plot_accuracy(table: pd.DataFrame, path: Path, ylabel: str = "best val accuracy (%)") -> Path:
+    """Accuracy vs per-device batch size, one line per norm (the GN paper's Figure 1 shape)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for norm, row in table.iterrows():
+        ax.plot(row.index.astype(int), row.values, marker="o", label=str(norm))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size per device")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(folder: Path) -> dict[str, Path]:
+    """results.csv, table.txt and accuracy.png in `folder`; returns their paths."""
+    frame = collect_results(folder)
+    outputs = {"csv": folder / "results.csv", "table": folder / "table.txt"}
+    frame[[c for c in ["run", *COLUMNS] if c in frame]].to_csv(outputs["csv"], index=False)
+    table = accuracy_table(frame)
+    counts = ", ".join(f"{v} {k}" for k, v in status_counts(frame).items())
+    text = f"runs: {len(frame)} ({counts})\n\n"
+    text += table.to_string() if not table.empty else "no completed runs yet"
+    outputs["table"].write_text(text + "\n")
+    if not table.empty and table.shape[1] > 1:
+        outputs["plot"] = plot_accuracy(table, folder / "accuracy.png")
+    return outputs
