@@ -1,0 +1,116 @@
+"""Per-layer measurements on a fixed probe batch: power decomposition of each norm layer's
+output, activation scale of its input, gradient norms, batch-vs-population statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normlab.diagnostics.power import batch_population_distance, channel_stats, power_decomposition
+from normlab.norms import is_norm_layer
+
+
+@dataclass
+class LayerRecord:
+    """One norm layer's measurements, in forward order (depth)."""
+
+    name: str
+    depth: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Outermost normlab norm layers of `model` (a NormAct counts once)."""
+    found: list[tuple[str, nn.Module]] = []
+    inside: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in inside or not is_norm_layer(module):
+            continue
+        found.append((name, module))
+        inside.update(id(m) for m in module.modules())
+    return found
+
+
+@torch.no_grad()
+def probe_layers(model: nn.Module, images: Tensor) -> list[LayerRecord]:
+    """Forward the probe in eval mode and measure every 4-D norm layer (input and output)."""
+    layers = norm_layers(model)
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
+    order: list[str] = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if name not in seen and inputs[0].dim() == 4:
+                seen[name] = (inputs[0].detach(), output.detach())
+                order.append(name)
+
+        return record
+
+    # A norm followed by its activation is measured at the norm's output (the activation input).
+    handles = [
+        getattr(module, "norm", module).register_forward_hook(hook(name)) for name, module in layers
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    modules = dict(layers)
+    records = []
+    for depth, name in enumerate(order):
+        inp, out = seen[name]
+        metrics = {**power_decomposition(out), **channel_stats(inp)}
+        core = getattr(modules[name], "norm", modules[name])
+        running_mean, running_var = (
+            getattr(core, "running_mean", None),
+            getattr(core, "running_var", None),
+        )
+        if (
+            isinstance(running_mean, Tensor)
+            and isinstance(running_var, Tensor)
+            and running_mean.shape[0] == inp.shape[1]
+        ):
+            metrics.update(batch_population_distance(inp, running_mean, running_var))
+        records.append(LayerRecord(name, depth, metrics))
+    return records
+
+
+def gradient_norms(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, float]:
+    """L2 norm of each parameter tensor's gradient of the probe's cross-entropy (train mode,
+    as in a training step; the model's gradients are left as they were)."""
+    saved = {
+        n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()
+    }
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # train mode updates BN buffers
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    try:
+        F.cross_entropy(model(images), labels).backward()
+        norms = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        model.load_state_dict(state)
+        model.train(was_training)
+        for n, p in model.named_parameters():
+            p.grad = saved[n]
+    return norms
+
+
+def summarize(records: list[LayerRecord]) -> dict[str, Any]:
+    """Per-metric lists by depth plus the first/last layer values, for results.json."""
+    if not records:
+        return {}
+    keys = sorted(records[0].metrics)
+    summary: dict[str, Any] = {"layers": [r.name for r in records]}
+    for key in keys:
+        values = [r.metrics.get(key) for r in records]
+        summary[key] = values
+        summary[f"{key}_last"] = values[-1]
+    return summary
