@@ -1,0 +1,78 @@
+"""Parameter groups, decay toward one, the linear scaling rule and the schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from normlab.models import build_model
+from normlab.norms import norm_factory
+from normlab.optim import (
+    build_optimizer,
+    build_param_groups,
+    lr_lambda,
+    scaled_lr,
+    split_parameters,
+)
+
+CFG = {"name": "sgd", "momentum": 0.0, "weight_decay": 0.1, "nesterov": False}
+
+
+def resnet() -> torch.nn.Module:
+    return build_model({"name": "resnet20"}, norm_factory("bn"), 10)
+
+
+def test_norm_parameters_are_split_from_weights_and_biases() -> None:
+    model = resnet()
+    split = split_parameters(model)
+    assert len(split.norm_scales) == len(split.norm_other) == 19  # gamma and beta of 19 BN layers
+    assert len(split.biases) == 1  # the classifier's bias
+    total = sum(len(v) for v in vars(split).values())
+    assert total == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize(("mode", "decays"), [(False, 0.0), (True, 0.1)])
+def test_norm_weight_decay_switch(mode: bool, decays: float) -> None:
+    groups = {g["group"]: g for g in build_param_groups(resnet(), 0.1, mode)}
+    assert groups["weights"]["weight_decay"] == 0.1 and groups["biases"]["weight_decay"] == 0.0
+    assert (
+        groups["norm"]["weight_decay"] == decays and groups["norm_scale"]["weight_decay"] == decays
+    )
+
+
+def test_decay_toward_one_pulls_gamma_to_one_and_beta_to_zero() -> None:
+    model = resnet()
+    bn = model.stem[1].norm
+    with torch.no_grad():
+        bn.weight.fill_(3.0)
+        bn.bias.fill_(2.0)
+    optimizer = build_optimizer(model, {**CFG, "norm_weight_decay": "toward_one"}, lr=1.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    # one step of plain gradient descent on 0.1/2 * (gamma - 1)^2 and 0.1/2 * beta^2
+    torch.testing.assert_close(bn.weight, torch.full_like(bn.weight, 3.0 - 0.1 * 2.0))
+    torch.testing.assert_close(bn.bias, torch.full_like(bn.bias, 2.0 - 0.1 * 2.0))
+
+
+def test_bad_norm_weight_decay_value_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="false, true, toward_one"):
+        build_param_groups(resnet(), 0.1, "sometimes")
+
+
+def test_linear_scaling_rule() -> None:
+    assert scaled_lr(0.1, 512, 256) == pytest.approx(0.2)
+    assert scaled_lr(0.1, 2, 256) == pytest.approx(0.1 / 128)
+    assert scaled_lr(0.1, 2, None) == 0.1
+
+
+def test_cosine_with_warmup_and_step_schedules() -> None:
+    cosine = lr_lambda({"name": "cosine", "warmup_epochs": 1}, total_steps=100, steps_per_epoch=10)
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(55) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+    step = lr_lambda(
+        {"name": "step", "milestones": [2, 4], "gamma": 0.1}, total_steps=60, steps_per_epoch=10
+    )
+    assert step(19) == 1.0 and step(20) == pytest.approx(0.1) and step(45) == pytest.approx(0.01)
+    short = lr_lambda({"name": "cosine", "warmup_epochs": 1}, total_steps=10, steps_per_epoch=10)
+    assert short(2) == pytest.approx(1.0), "warm-up capped at a fifth of the run"
