@@ -1,0 +1,114 @@
+"""Lightning callbacks that act on the population statistics of batch-dependent layers."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from normlab.norms.population import iter_population_layers
+from normlab.stats.precise_bn import update_population_stats
+
+
+def training_loader(datamodule: L.LightningDataModule, batch_size: int, seed: int) -> DataLoader:
+    """A shuffled loader over the training set (training augmentation) with its own batch size
+    and RNG, so estimating statistics does not change the training data order."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        datamodule.train_set,  # type: ignore[attr-defined]
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+        collate_fn=datamodule.collate,  # type: ignore[attr-defined]
+    )
+
+
+class PreciseBNCallback(L.Callback):
+    """Before each validation (hence also after the last epoch), recompute the population
+    statistics over `num_samples` training samples in batches of `batch_size`."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 2:
+            raise ValueError(f"precise_bn.batch_size must be >= 2, got {batch_size}")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.updates = 0
+
+    def recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Run PreciseBN now on the trainer's training data."""
+        loader = training_loader(trainer.datamodule, self.batch_size, self.seed + trainer.current_epoch)  # type: ignore[attr-defined]
+        update_population_stats(pl_module.model, loader, self.num_samples)  # type: ignore[attr-defined]
+        self.updates += 1
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.recompute(trainer, pl_module)
+
+
+class FrozenBNCallback(L.Callback):
+    """For the last `last_epochs` epochs train with population statistics (FrozenBN, Rethinking
+    BN §2.4); optionally freeze gamma/beta of the batch-dependent layers too."""
+
+    def __init__(self, last_epochs: int, freeze_affine: bool, precise_bn: PreciseBNCallback | None = None) -> None:
+        if last_epochs < 0:
+            raise ValueError(f"frozen_bn.last_epochs must be >= 0, got {last_epochs}")
+        self.last_epochs = last_epochs
+        self.freeze_affine = freeze_affine
+        self.precise_bn = precise_bn
+        self.frozen_at_epoch: int | None = None
+
+    def should_freeze(self, epoch: int, max_epochs: int) -> bool:
+        """Whether `epoch` (0-based) is one of the last `last_epochs` of `max_epochs`."""
+        return self.last_epochs > 0 and epoch >= max_epochs - self.last_epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.should_freeze(trainer.current_epoch, int(trainer.max_epochs or 0)):
+            return
+        model = pl_module.model  # type: ignore[attr-defined]
+        if self.frozen_at_epoch is None and self.precise_bn is not None:
+            self.precise_bn.recompute(trainer, pl_module)  # freeze precise statistics
+        for layer in iter_population_layers(model):
+            layer.stats_mode = "population"
+            if self.freeze_affine:
+                for param in layer.parameters():  # type: ignore[attr-defined]
+                    param.requires_grad_(False)
+        if self.frozen_at_epoch is None:
+            self.frozen_at_epoch = trainer.current_epoch
+
+
+class EvalStatsCallback(L.Callback):
+    """Validation with each batch's own statistics (`mode="batch"`, Rethinking BN §2.3) and/or
+    example-weighed population statistics (`alpha`, Four Things §3.2)."""
+
+    def __init__(self, mode: str = "population", alpha: float = 0.0) -> None:
+        if mode not in ("population", "batch"):
+            raise ValueError(f"eval_stats must be population or batch, got '{mode}'")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"eval_alpha must be in [0, 1], got {alpha}")
+        self.mode = mode
+        self.alpha = alpha
+        self._saved: list[str] = []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
+        self._saved = [layer.stats_mode for layer in layers]
+        for layer in layers:
+            if self.mode == "batch":
+                layer.stats_mode = "batch"
+            set_eval_alpha(layer, self.alpha)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
+        for layer, mode in zip(layers, self._saved, strict=False):
+            layer.stats_mode = mode
+            set_eval_alpha(layer, 0.0)
+
+
+def set_eval_alpha(layer: object, alpha: float) -> None:
+    """Set example-weighed inference on a layer that supports it; refuse alpha > 0 elsewhere."""
+    if hasattr(layer, "eval_alpha"):
+        layer.eval_alpha = alpha  # type: ignore[attr-defined]
+    elif alpha > 0:
+        raise ValueError(f"{type(layer).__name__} does not support example-weighed inference (eval_alpha)")
