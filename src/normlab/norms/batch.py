@@ -59,8 +59,6 @@ def check_eps(name: str, eps: float) -> None:
         raise ValueError(f"{name}: eps must be > 0, got {eps}")
 
 
-
-
 @register_norm("bn", batch_dependent=True, summary="BatchNorm over (N,H,W) per channel")
 def build_bn(num_channels: int, *, momentum: float | None = 0.1, eps: float = 1e-5) -> BatchNorm2d:
     """BatchNorm with PyTorch's EMA convention r <- (1 - momentum) r + momentum s."""

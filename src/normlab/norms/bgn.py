@@ -38,7 +38,9 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats):
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, groups={self.groups}, momentum={self.momentum}, eps={self.eps}"
+        return (
+            f"{self.num_channels}, groups={self.groups}, momentum={self.momentum}, eps={self.eps}"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
