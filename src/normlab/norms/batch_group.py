@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
-from normlab.norms.population import PopulationStats
+from normlab.norms.population import PopulationStats, upcast
 from normlab.norms.registry import register_norm
 
 
@@ -78,6 +78,7 @@ class BatchGroupNorm2d(NormLayer, PopulationStats):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        in_dtype, x = x.dtype, upcast(x)
         n, c, h, w = x.shape
         g = self.groups
         # Per-example, per-channel moments over (H, W): a = E[x], b = E[x^2].
@@ -107,7 +108,7 @@ class BatchGroupNorm2d(NormLayer, PopulationStats):
         mu_c = mu.repeat_interleave(c // g, dim=1)[:, :, None, None]
         inv_c = torch.rsqrt(var + self.eps).repeat_interleave(c // g, dim=1)[:, :, None, None]
         y = (x - mu_c) * inv_c
-        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(in_dtype)
 
     def _group_moments(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         """Per-example moments averaged within each channel group: (N, G) each."""

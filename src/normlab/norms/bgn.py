@@ -66,7 +66,7 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats):
                 xv, self.running_mean, self.running_var, None, None, False, 0.0, self.eps
             )
         y = y.reshape_as(x)
-        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         self.running_mean.copy_(mean)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.population import upcast
 from normlab.norms.registry import register_norm
 
 
@@ -47,6 +48,7 @@ class GhostBatchNorm2d(BatchNorm2d):
                 x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
             )
         self.check_batch_size(x.shape[0])
+        in_dtype, x = x.dtype, upcast(x)
         n, c, h, w = x.shape
         g = self.ghost_batch_size
         xv = x.reshape(n // g, g, c, h, w)
@@ -62,7 +64,7 @@ class GhostBatchNorm2d(BatchNorm2d):
             y = y * weight.view(1, -1, 1, 1)
         if bias is not None:
             y = y + bias.view(1, -1, 1, 1)
-        return y
+        return y.to(in_dtype)
 
     @torch.no_grad()
     def _update_running(self, mean: Tensor, var: Tensor, count: int) -> None:

@@ -29,7 +29,8 @@ class InstanceEnhancementBatchNorm2d(BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         x_hat = self.batch_norm(x, None, None)
         gate = torch.sigmoid(self.gate_weight * x.mean(dim=(2, 3), keepdim=True) + self.gate_bias)
-        return x_hat * (self.gamma.view(1, -1, 1, 1) * gate) + self.beta.view(1, -1, 1, 1)
+        y = x_hat * (self.gamma.view(1, -1, 1, 1) * gate) + self.beta.view(1, -1, 1, 1)
+        return y.to(x.dtype)
 
     def zero_init_(self) -> None:
         nn.init.zeros_(self.gamma)

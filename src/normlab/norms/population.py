@@ -108,6 +108,11 @@ def population_var(mean: Tensor, ex2: Tensor) -> Tensor:
     return (ex2 - mean * mean).clamp_min(0.0)
 
 
+def upcast(x: Tensor) -> Tensor:
+    """`x` in float32 if it is half or bfloat16 (statistics are computed in fp32 under AMP)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Mean and E[x^2] over `dims`, in at least float32, without gradient (for recording).
 
@@ -115,8 +120,7 @@ def moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     of the later total variance near float32 rounding of the variance itself.
     """
     with torch.no_grad():
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        var, mean = torch.var_mean(xf, dim=dims, unbiased=False)
+        var, mean = torch.var_mean(upcast(x), dim=dims, unbiased=False)
         mean64 = mean.to(torch.float64)
         return mean64, var.to(torch.float64) + mean64 * mean64
 

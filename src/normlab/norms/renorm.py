@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
-from normlab.norms.population import PopulationStats, population_var
+from normlab.norms.population import PopulationStats, population_var, upcast
 from normlab.norms.registry import register_norm
 
 
@@ -73,6 +73,7 @@ class BatchRenorm2d(NormLayer, PopulationStats):
         return r, d
 
     def forward(self, x: Tensor) -> Tensor:
+        in_dtype, x = x.dtype, upcast(x)
         mode = self.stats_mode
         if mode == "population" or (mode == "ema" and not self.training):
             y = (x - self.running_mean.view(1, -1, 1, 1)) / self.running_std.view(1, -1, 1, 1)
@@ -85,7 +86,7 @@ class BatchRenorm2d(NormLayer, PopulationStats):
                 self._record(x.numel() // x.shape[1], m64, var.detach().double() + m64 * m64)
             elif mode == "ema":
                 y = self._renormalize(y, mean.detach(), std.detach())
-        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(in_dtype)
 
     def _renormalize(self, y: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         """Apply the stop-gradient r, d correction and update the moving averages."""
