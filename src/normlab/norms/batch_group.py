@@ -1,0 +1,164 @@
+"""Batch/Group Normalization of Summers & Dinneen, "Four Things Everyone Should Know to Improve
+Batch Normalization" (ICLR 2020; official code ceciliaresearch/four_things_batch_norm).
+
+Statistics are shared by a group of `examples_per_group` examples and a group of C/`groups`
+channels: the batch is viewed as (N/E, E, G, C/G, H, W) and each (example group, channel
+group) is normalized with its biased mean and variance. BN is (groups=C, E=N), Ghost BN is
+(groups=C, E=ghost size), GN is (groups=G, E=1). The running state is E[x] and E[x^2] per
+channel (init 0 and 1), EMA of the batch averages with momentum 0.01 (TF decay 0.99).
+Evaluation averages them within each channel group; with `alpha` > 0 it mixes each example's
+own group moments in (inference example weighing, Sec. 3.2 of the paper):
+mu_i = alpha a_i + (1-alpha) M1, s_i = alpha b_i + (1-alpha) M2, var_i = s_i - mu_i^2.
+"population" mode uses the evaluation path (with alpha weighing when alpha > 0).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normlab.norms.base import NormLayer
+from normlab.norms.batch import check_eps, check_momentum
+from normlab.norms.population import PopulationStats, upcast
+from normlab.norms.registry import register_norm
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of n, for error messages."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_groups(name: str, num_channels: int, groups: int) -> None:
+    """Refuse a group count that does not divide the channel count."""
+    if not isinstance(groups, int) or groups < 1 or num_channels % groups:
+        raise ValueError(
+            f"{name}: groups={groups!r} does not divide num_channels={num_channels}; "
+            f"valid groups: {', '.join(map(str, divisors(num_channels)))}"
+        )
+
+
+class BatchGroupNorm2d(NormLayer, PopulationStats):
+    """Summers & Dinneen's Batch/Group Normalization with running E[x], E[x^2] per channel."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        groups: int,
+        examples_per_group: int,
+        momentum: float,
+        eps: float,
+        alpha: float,
+    ) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.groups = groups
+        self.examples_per_group = examples_per_group
+        self.momentum = momentum
+        self.eps = eps
+        self.alpha = alpha
+        self.batch_dependent = examples_per_group > 1
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("running_m1", torch.zeros(num_channels))
+        self.register_buffer("running_m2", torch.ones(num_channels))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_channels}, groups={self.groups}, examples_per_group="
+            f"{self.examples_per_group}, momentum={self.momentum}, eps={self.eps}, "
+            f"alpha={self.alpha}"
+        )
+
+    def check_batch_size(self, batch_size: int) -> None:
+        super().check_batch_size(batch_size)
+        if batch_size % self.examples_per_group:
+            raise ValueError(
+                f"batch_group: examples_per_group={self.examples_per_group} does not divide the "
+                f"per-device batch {batch_size}; choose a divisor of the batch"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        in_dtype, x = x.dtype, upcast(x)
+        n, c, h, w = x.shape
+        g = self.groups
+        # Per-example, per-channel moments over (H, W): a = E[x], b = E[x^2].
+        a = x.mean(dim=(2, 3))
+        b = (x * x).mean(dim=(2, 3))
+        mode = self.stats_mode
+        if mode in ("batch", "record") or (mode == "ema" and self.training):
+            self.check_batch_size(n)
+            e = self.examples_per_group
+            mu = a.reshape(n // e, e, g, c // g).mean(dim=(1, 3))
+            s = b.reshape(n // e, e, g, c // g).mean(dim=(1, 3))
+            mu = mu.repeat_interleave(e, dim=0)
+            s = s.repeat_interleave(e, dim=0)
+            if mode == "ema":
+                self._update_running(a.detach(), b.detach())
+            elif mode == "record":
+                self._record(n * (c // g) * h * w, *self._group_average(a, b))
+        else:
+            m1, m2 = self._group_average(self.running_m1[None], self.running_m2[None])
+            mu, s = m1.expand(n, g), m2.expand(n, g)
+            if self.alpha > 0.0:
+                own_mu, own_s = self._group_moments(a, b)
+                mu = self.alpha * own_mu + (1.0 - self.alpha) * mu
+                s = self.alpha * own_s + (1.0 - self.alpha) * s
+        var = (s - mu * mu).clamp_min(0.0)
+        # (N, G) statistics broadcast to each channel of the group.
+        mu_c = mu.repeat_interleave(c // g, dim=1)[:, :, None, None]
+        inv_c = torch.rsqrt(var + self.eps).repeat_interleave(c // g, dim=1)[:, :, None, None]
+        y = (x - mu_c) * inv_c
+        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(in_dtype)
+
+    def _group_moments(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-example moments averaged within each channel group: (N, G) each."""
+        n, c = a.shape
+        return (
+            a.reshape(n, self.groups, c // self.groups).mean(2),
+            b.reshape(n, self.groups, c // self.groups).mean(2),
+        )
+
+    def _group_average(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """Moments averaged over examples and the channels of each group: (G,) each."""
+        mu, s = self._group_moments(a, b)
+        return mu.mean(0), s.mean(0)
+
+    @torch.no_grad()
+    def _update_running(self, a: Tensor, b: Tensor) -> None:
+        self.running_m1.lerp_(a.mean(0).to(self.running_m1.dtype), self.momentum)
+        self.running_m2.lerp_(b.mean(0).to(self.running_m2.dtype), self.momentum)
+
+    def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
+        k = self.num_channels // self.groups
+        self.running_m1.copy_(mean.repeat_interleave(k))
+        self.running_m2.copy_(ex2.repeat_interleave(k))
+
+
+@register_norm(
+    "batch_group",
+    batch_dependent=True,
+    summary="Batch/Group Norm (Summers & Dinneen): stats over example x channel groups",
+)
+def build_batch_group(
+    num_channels: int,
+    *,
+    groups: int = 8,
+    examples_per_group: int = 2,
+    momentum: float = 0.01,
+    eps: float = 1e-5,
+    alpha: float = 0.0,
+) -> BatchGroupNorm2d:
+    """Batch/Group Normalization with `groups` channel groups and example groups of E."""
+    check_groups("batch_group", num_channels, groups)
+    if not isinstance(examples_per_group, int) or examples_per_group < 1:
+        raise ValueError(
+            f"batch_group: examples_per_group must be an int >= 1 dividing the per-device batch, "
+            f"got {examples_per_group!r}"
+        )
+    check_momentum("batch_group", momentum, allow_none=False)
+    check_eps("batch_group", eps)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"batch_group: alpha must be in [0, 1], got {alpha}")
+    return BatchGroupNorm2d(
+        num_channels, groups, examples_per_group, float(momentum), float(eps), float(alpha)
+    )

@@ -1,0 +1,88 @@
+"""Batch Group Normalization (Zhou et al., arXiv 2012.02782).
+
+The (C, H, W) axes are merged and split into G groups; each group is normalized with statistics
+over the batch and the group's elements, i.e. BN over a (N, G, C/G*H*W) view, followed by a
+per-channel affine. Running statistics are per group (torch BN EMA, unbiased running variance).
+Only G <= C with G | C is supported (groups of whole channels), so G = C is exactly BN and the
+evaluation transform stays a foldable per-channel affine.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normlab.norms.base import NormLayer
+from normlab.norms.batch import check_eps, check_momentum
+from normlab.norms.batch_group import check_groups
+from normlab.norms.population import PopulationStats, moments, population_var
+from normlab.norms.registry import register_norm
+
+
+class BatchGroupNormZhou2d(NormLayer, PopulationStats):
+    """BN over (N, G, C/G*H*W) with per-group running statistics and per-channel affine."""
+
+    batch_dependent = True
+
+    def __init__(self, num_channels: int, groups: int, momentum: float | None, eps: float) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.groups = groups
+        self.momentum = momentum
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("running_mean", torch.zeros(groups))
+        self.register_buffer("running_var", torch.ones(groups))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_channels}, groups={self.groups}, momentum={self.momentum}, eps={self.eps}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        xv = x.reshape(n, self.groups, -1)
+        mode = self.stats_mode
+        if mode == "ema" and self.training:
+            self.num_batches_tracked.add_(1)
+            factor = (
+                1.0 / float(self.num_batches_tracked.item())
+                if self.momentum is None
+                else self.momentum
+            )
+            y = F.batch_norm(
+                xv, self.running_mean, self.running_var, None, None, True, factor, self.eps
+            )
+        elif mode in ("batch", "record"):
+            if mode == "record":
+                mean, ex2 = moments(xv, (0, 2))
+                self._record(xv.numel() // self.groups, mean, ex2)
+            y = F.batch_norm(xv, None, None, None, None, True, 0.0, self.eps)
+        else:
+            y = F.batch_norm(
+                xv, self.running_mean, self.running_var, None, None, False, 0.0, self.eps
+            )
+        y = y.reshape_as(x)
+        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
+
+    def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(population_var(mean, ex2))
+
+
+@register_norm(
+    "bgn",
+    batch_dependent=True,
+    summary="Batch Group Norm (Zhou): BN over G groups of the merged C*H*W axis",
+)
+def build_bgn(
+    num_channels: int, *, groups: int = 8, momentum: float | None = 0.1, eps: float = 1e-5
+) -> BatchGroupNormZhou2d:
+    """BGN with `groups` groups of whole channels (G | C); G = C is BN."""
+    check_groups("bgn", num_channels, groups)
+    check_momentum("bgn", momentum)
+    check_eps("bgn", eps)
+    return BatchGroupNormZhou2d(num_channels, groups, momentum, float(eps))

@@ -1,0 +1,112 @@
+"""Ghost Batch Normalization (Hoffer, Hubara & Soudry, NeurIPS 2017, "Train longer, generalize
+better"): BN over ghost batches of `ghost_batch_size` samples of the per-device batch.
+
+All ghost batches are normalized in one pass over a (N/g, g, C, H, W) view. The running
+statistics follow the official bigBatch code (one EMA update per ghost batch, in order): for k
+ghost batches with statistics s_0..s_{k-1} the update is applied in closed form,
+r <- (1-m)^k r + sum_j m (1-m)^(k-1-j) s_j, which equals k sequential torch-BN updates
+(unbiased variance per ghost batch, n = g*H*W). momentum=None gives the cumulative average over
+ghost batches, as torch BN does over batches.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.population import upcast
+from normlab.norms.registry import register_norm
+
+
+class GhostBatchNorm2d(BatchNorm2d):
+    """BatchNorm whose batch statistics are computed per ghost batch of `ghost_batch_size`."""
+
+    def __init__(
+        self, num_channels: int, ghost_batch_size: int, momentum: float | None, eps: float
+    ) -> None:
+        super().__init__(num_channels, eps=eps, momentum=momentum)
+        self.ghost_batch_size = ghost_batch_size
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+
+    def check_batch_size(self, batch_size: int) -> None:
+        super().check_batch_size(batch_size)
+        if batch_size % self.ghost_batch_size:
+            raise ValueError(
+                f"ghost_bn: ghost_batch_size={self.ghost_batch_size} does not divide the "
+                f"per-device batch {batch_size}; choose a ghost size that divides it"
+            )
+
+    def batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        mode = self.stats_mode
+        use_batch = mode in ("batch", "record") or (mode == "ema" and self.training)
+        if not use_batch:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
+            )
+        self.check_batch_size(x.shape[0])
+        in_dtype, x = x.dtype, upcast(x)
+        n, c, h, w = x.shape
+        g = self.ghost_batch_size
+        xv = x.reshape(n // g, g, c, h, w)
+        var, mean = torch.var_mean(xv, dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y = ((xv - mean) * torch.rsqrt(var + self.eps)).reshape(n, c, h, w)
+        count = g * h * w
+        if mode == "record":
+            m = mean.detach().flatten(1).double()
+            self._record(n * h * w, m.mean(0), (var.detach().flatten(1).double() + m * m).mean(0))
+        elif mode == "ema":
+            self._update_running(mean.detach().flatten(1), var.detach().flatten(1), count)
+        if weight is not None:
+            y = y * weight.view(1, -1, 1, 1)
+        if bias is not None:
+            y = y + bias.view(1, -1, 1, 1)
+        return y.to(in_dtype)
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, var: Tensor, count: int) -> None:
+        """Apply k = mean.shape[0] sequential EMA (or cumulative) updates in closed form."""
+        if self.running_mean is None or self.running_var is None:
+            return
+        k = mean.shape[0]
+        unbiased = var * (count / max(count - 1, 1))
+        assert self.num_batches_tracked is not None
+        done = int(self.num_batches_tracked.item()) if self.momentum is None else 0
+        self.num_batches_tracked.add_(k)
+        if self.momentum is None:
+            total = done + k
+            new_mean = (self.running_mean * done + mean.sum(0)) / total
+            new_var = (self.running_var * done + unbiased.sum(0)) / total
+        else:
+            m = float(self.momentum)
+            decay = (1.0 - m) ** torch.arange(k - 1, -1, -1, dtype=mean.dtype, device=mean.device)
+            weights = (m * decay).view(k, 1)
+            keep = (1.0 - m) ** k
+            new_mean = keep * self.running_mean + (weights * mean).sum(0)
+            new_var = keep * self.running_var + (weights * unbiased).sum(0)
+        self.running_mean.copy_(new_mean)
+        self.running_var.copy_(new_var)
+
+
+@register_norm(
+    "ghost_bn", batch_dependent=True, summary="Ghost BN: BN per ghost batch of ghost_batch_size"
+)
+def build_ghost_bn(
+    num_channels: int,
+    *,
+    ghost_batch_size: int = 16,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+) -> GhostBatchNorm2d:
+    """Ghost BN; the running statistics are updated once per ghost batch (bigBatch)."""
+    if not isinstance(ghost_batch_size, int) or ghost_batch_size < 2:
+        raise ValueError(
+            f"ghost_bn: ghost_batch_size must be an int >= 2 that divides the per-device batch, "
+            f"got {ghost_batch_size!r}"
+        )
+    check_momentum("ghost_bn", momentum)
+    check_eps("ghost_bn", eps)
+    return GhostBatchNorm2d(num_channels, ghost_batch_size, momentum, eps)

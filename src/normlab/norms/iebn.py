@@ -1,0 +1,48 @@
+"""Instance Enhancement Batch Normalization (Liang, Huang, Liang & Yang, AAAI 2020,
+arXiv 1908.04008; official code gbup-group/IEBN).
+
+x_hat = BN without affine (torch BN buffers, momentum 0.1, eps 1e-5); a per-instance,
+per-channel gate a = sigmoid(gate_weight * GAP(x) + gate_bias) on the input's global average
+pool; y = x_hat * (gamma * a) + beta. Init gamma = 1, beta = 0, gate_weight = 0, gate_bias = -1,
+so at init every gate is sigmoid(-1) ~ 0.269.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.registry import register_norm
+
+
+class InstanceEnhancementBatchNorm2d(BatchNorm2d):
+    """IEBN: affine-free BN (with the stats modes of bn) scaled by a per-instance GAP gate."""
+
+    def __init__(self, num_channels: int, momentum: float | None, eps: float) -> None:
+        super().__init__(num_channels, eps=eps, momentum=momentum, affine=False)
+        self.gamma = nn.Parameter(torch.ones(num_channels))
+        self.beta = nn.Parameter(torch.zeros(num_channels))
+        self.gate_weight = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        self.gate_bias = nn.Parameter(torch.full((1, num_channels, 1, 1), -1.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_hat = self.batch_norm(x, None, None)
+        gate = torch.sigmoid(self.gate_weight * x.mean(dim=(2, 3), keepdim=True) + self.gate_bias)
+        y = x_hat * (self.gamma.view(1, -1, 1, 1) * gate) + self.beta.view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+    def zero_init_(self) -> None:
+        nn.init.zeros_(self.gamma)
+
+
+@register_norm(
+    "iebn", batch_dependent=True, summary="Instance Enhancement BN: BN with a per-instance GAP gate"
+)
+def build_iebn(
+    num_channels: int, *, momentum: float | None = 0.1, eps: float = 1e-5
+) -> InstanceEnhancementBatchNorm2d:
+    """IEBN with the official initialization (gate sigmoid(0 * GAP - 1))."""
+    check_momentum("iebn", momentum)
+    check_eps("iebn", eps)
+    return InstanceEnhancementBatchNorm2d(num_channels, momentum, float(eps))

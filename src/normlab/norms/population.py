@@ -1,0 +1,153 @@
+"""How batch-dependent layers choose and estimate their normalization statistics.
+
+One small interface shared by every layer that carries running (population) statistics, used by
+PreciseBN, FrozenBN and batch-statistics inference (Wu & Johnson, "Rethinking 'Batch' in
+BatchNorm", arXiv 2105.07576, Sec. 2.2-2.4). `stats_mode` is one of:
+
+* "ema" (default): training normalizes with batch statistics and updates the running
+  statistics; evaluation uses the running statistics (the method's own behaviour).
+* "record": normalize with batch statistics in train and eval mode alike, leave the running
+  statistics alone, and accumulate per statistic the count n, sum n*mean and sum n*E[x^2]
+  (float64), for the total-variance (law of total variance) population estimate of fvcore/pycls.
+* "batch": normalize every forward with the current batch's own statistics (also in eval).
+* "population": normalize with the running statistics even in training (FrozenBN); gradients
+  still flow to the affine parameters.
+
+Accumulators are per statistic the layer normalizes with (per channel for BN, per group for
+BGN). `recorded_moments()` stacks them as one (3, S) float64 tensor so a caller can all_reduce
+it across DDP ranks, `load_recorded_moments()` puts the reduced tensor back, and
+`finish_recording()` writes the population mean and the biased total variance
+E[x^2] - mean^2 into the layer's running buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+STATS_MODES = ("ema", "record", "batch", "population")
+
+
+def check_stats_mode(mode: str) -> str:
+    """Return `mode` if it is a valid statistics mode, else a ValueError naming the valid ones."""
+    if mode not in STATS_MODES:
+        raise ValueError(f"unknown stats_mode {mode!r}; valid modes: {', '.join(STATS_MODES)}")
+    return mode
+
+
+class PopulationStats:
+    """Mixin for layers with running statistics; see the module docstring for the modes.
+
+    Subclasses call `_record(n, mean, ex2)` from their forward in "record" mode and implement
+    `_load_population(mean, ex2)` (float64 per-statistic tensors) to write their buffers.
+    """
+
+    _stats_mode: str = "ema"
+    _recorded: Tensor | None = None
+
+    @property
+    def stats_mode(self) -> str:
+        """The current statistics mode (one of STATS_MODES)."""
+        return self._stats_mode
+
+    @stats_mode.setter
+    def stats_mode(self, mode: str) -> None:
+        self._stats_mode = check_stats_mode(mode)
+
+    def start_recording(self) -> None:
+        """Zero the accumulators and switch to "record" mode."""
+        self._recorded = None
+        self._stats_mode = "record"
+
+    def _record(self, count: float, mean: Tensor, ex2: Tensor) -> None:
+        """Add one batch's per-statistic mean and E[x^2] over `count` elements each."""
+        mean64 = mean.detach().to(torch.float64).flatten()
+        ex2_64 = ex2.detach().to(torch.float64).flatten()
+        n = torch.full_like(mean64, float(count))
+        batch = torch.stack([n, n * mean64, n * ex2_64])
+        self._recorded = batch if self._recorded is None else self._recorded + batch
+
+    def recorded_moments(self) -> Tensor:
+        """The accumulators as one (3, S) float64 tensor: counts, sums of n*mean, of n*E[x^2]."""
+        if self._recorded is None:
+            raise ValueError(
+                f"{type(self).__name__}: nothing recorded; call start_recording() and run "
+                "forward passes first"
+            )
+        return self._recorded.clone()
+
+    def load_recorded_moments(self, moments: Tensor) -> None:
+        """Replace the accumulators (e.g. with their all_reduce over DDP ranks)."""
+        if moments.dim() != 2 or moments.shape[0] != 3:
+            raise ValueError(
+                f"{type(self).__name__}: recorded moments must have shape (3, S), got "
+                f"{tuple(moments.shape)}"
+            )
+        self._recorded = moments.detach().to(torch.float64).clone()
+
+    def finish_recording(self) -> None:
+        """Write the population mean and biased total variance to the buffers; back to "ema"."""
+        moments = self.recorded_moments()
+        count = moments[0]
+        if not bool((count > 0).all()):
+            raise ValueError(f"{type(self).__name__}: nothing recorded for some statistics")
+        mean = moments[1] / count
+        ex2 = moments[2] / count
+        self._load_population(mean, ex2)
+        self._recorded = None
+        self._stats_mode = "ema"
+
+    def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
+        raise NotImplementedError
+
+
+def population_var(mean: Tensor, ex2: Tensor) -> Tensor:
+    """Biased variance E[x^2] - mean^2, clamped at zero against rounding."""
+    return (ex2 - mean * mean).clamp_min(0.0)
+
+
+def upcast(x: Tensor) -> Tensor:
+    """`x` in float32 if it is half or bfloat16 (statistics are computed in fp32 under AMP)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Mean and E[x^2] over `dims`, in at least float32, without gradient (for recording).
+
+    E[x^2] is formed as the two-pass biased variance plus mean^2, which keeps the relative error
+    of the later total variance near float32 rounding of the variance itself.
+    """
+    with torch.no_grad():
+        var, mean = torch.var_mean(upcast(x), dim=dims, unbiased=False)
+        mean64 = mean.to(torch.float64)
+        return mean64, var.to(torch.float64) + mean64 * mean64
+
+
+def batch_dependent_layers(model: nn.Module) -> list[nn.Module]:
+    """Every layer of `model` with running statistics (the PopulationStats interface)."""
+    return [m for m in model.modules() if isinstance(m, PopulationStats)]
+
+
+def iter_population_layers(model: nn.Module) -> Iterator[PopulationStats]:
+    """Like batch_dependent_layers, typed as the interface."""
+    for module in model.modules():
+        if isinstance(module, PopulationStats):
+            yield module
+
+
+def set_stats_mode(model: nn.Module, mode: str) -> int:
+    """Set `mode` on every layer with running statistics; "record" also zeroes accumulators.
+
+    Returns the number of layers changed.
+    """
+    check_stats_mode(mode)
+    count = 0
+    for layer in iter_population_layers(model):
+        if mode == "record":
+            layer.start_recording()
+        else:
+            layer.stats_mode = mode
+        count += 1
+    return count

@@ -1,0 +1,149 @@
+"""Batch Renormalization (Ioffe, NeurIPS 2017, "Batch Renormalization: Towards Reducing
+Minibatch Dependence in Batch-Normalized Models").
+
+Training: x_hat = (x - mu_B) / sigma_B * r + d with r = sg(clip(sigma_B / sigma, 1/r_max, r_max)),
+d = sg(clip((mu_B - mu) / sigma, -d_max, d_max)), sigma_B = sqrt(biased var_B + eps) and mu, sigma
+the moving averages (the paper averages sigma, not sigma^2). Moving averages:
+mu += momentum (mu_B - mu), sigma += momentum (sigma_B - sigma). Evaluation: (x - mu) / sigma.
+Schedule over `num_steps` (training forwards in "ema" mode, saved in the state dict):
+r_max = 1 and d_max = 0 before `warmup_steps`, then linear ramps reaching `r_max` at
+`r_max_steps` and `d_max` at `d_max_steps` (paper: 5k, 40k, 25k steps).
+"record" and "batch" modes normalize with plain batch statistics (r = 1, d = 0).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normlab.norms.base import NormLayer
+from normlab.norms.batch import check_eps, check_momentum
+from normlab.norms.population import PopulationStats, population_var, upcast
+from normlab.norms.registry import register_norm
+
+
+def _ramp(step: Tensor, start: int, end: int) -> Tensor:
+    """0 before `start`, linear to 1 at `end` (a step at `start` when end <= start)."""
+    return ((step - start) / max(end - start, 1)).clamp(0.0, 1.0)
+
+
+class BatchRenorm2d(NormLayer, PopulationStats):
+    """Batch Renormalization with running mean and running sigma per channel."""
+
+    batch_dependent = True
+
+    def __init__(
+        self,
+        num_channels: int,
+        r_max: float,
+        d_max: float,
+        warmup_steps: int,
+        r_max_steps: int,
+        d_max_steps: int,
+        momentum: float,
+        eps: float,
+    ) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.r_max, self.d_max = r_max, d_max
+        self.warmup_steps, self.r_max_steps, self.d_max_steps = (
+            warmup_steps,
+            r_max_steps,
+            d_max_steps,
+        )
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("running_mean", torch.zeros(num_channels))
+        self.register_buffer("running_std", torch.ones(num_channels))
+        self.register_buffer("num_steps", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_channels}, r_max={self.r_max}, d_max={self.d_max}, warmup_steps="
+            f"{self.warmup_steps}, r_max_steps={self.r_max_steps}, d_max_steps="
+            f"{self.d_max_steps}, momentum={self.momentum}, eps={self.eps}"
+        )
+
+    def current_limits(self) -> tuple[Tensor, Tensor]:
+        """(r_max, d_max) at the current `num_steps`, as tensors (no host sync)."""
+        step = self.num_steps.to(self.running_mean.dtype)
+        r = 1.0 + (self.r_max - 1.0) * _ramp(step, self.warmup_steps, self.r_max_steps)
+        d = self.d_max * _ramp(step, self.warmup_steps, self.d_max_steps)
+        return r, d
+
+    def forward(self, x: Tensor) -> Tensor:
+        in_dtype, x = x.dtype, upcast(x)
+        mode = self.stats_mode
+        if mode == "population" or (mode == "ema" and not self.training):
+            y = (x - self.running_mean.view(1, -1, 1, 1)) / self.running_std.view(1, -1, 1, 1)
+        else:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            std = torch.sqrt(var + self.eps)
+            y = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+            if mode == "record":
+                m64 = mean.detach().double()
+                self._record(x.numel() // x.shape[1], m64, var.detach().double() + m64 * m64)
+            elif mode == "ema":
+                y = self._renormalize(y, mean.detach(), std.detach())
+        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(in_dtype)
+
+    def _renormalize(self, y: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """Apply the stop-gradient r, d correction and update the moving averages."""
+        with torch.no_grad():
+            r_max, d_max = self.current_limits()
+            r = torch.minimum(torch.maximum(std / self.running_std, 1.0 / r_max), r_max)
+            d = torch.minimum(
+                torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max
+            )
+            self.running_mean.add_(self.momentum * (mean - self.running_mean))
+            self.running_std.add_(self.momentum * (std - self.running_std))
+            self.num_steps.add_(1)
+        return y * r.view(1, -1, 1, 1) + d.view(1, -1, 1, 1)
+
+    def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
+        self.running_mean.copy_(mean)
+        self.running_std.copy_(torch.sqrt(population_var(mean, ex2) + self.eps))
+
+
+@register_norm(
+    "brn", batch_dependent=True, summary="Batch Renormalization: BN corrected toward moving stats"
+)
+def build_brn(
+    num_channels: int,
+    *,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    warmup_steps: int = 5000,
+    r_max_steps: int = 40000,
+    d_max_steps: int = 25000,
+    momentum: float = 0.01,
+    eps: float = 1e-5,
+) -> BatchRenorm2d:
+    """Batch Renorm with the paper's schedule (r_max 3 at 40k steps, d_max 5 at 25k)."""
+    if not float(r_max) >= 1.0:
+        raise ValueError(f"brn: r_max must be >= 1, got {r_max}")
+    if not float(d_max) >= 0.0:
+        raise ValueError(f"brn: d_max must be >= 0, got {d_max}")
+    steps = {"warmup_steps": warmup_steps, "r_max_steps": r_max_steps, "d_max_steps": d_max_steps}
+    for key, value in steps.items():
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"brn: {key} must be an int >= 0, got {value!r}")
+    for key in ("r_max_steps", "d_max_steps"):
+        if steps[key] < warmup_steps:
+            raise ValueError(
+                f"brn: {key}={steps[key]} must be >= warmup_steps={warmup_steps} "
+                "(the ramp runs from warmup_steps to it)"
+            )
+    check_momentum("brn", momentum, allow_none=False)
+    check_eps("brn", eps)
+    return BatchRenorm2d(
+        num_channels,
+        float(r_max),
+        float(d_max),
+        warmup_steps,
+        r_max_steps,
+        d_max_steps,
+        float(momentum),
+        float(eps),
+    )
