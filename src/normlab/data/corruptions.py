@@ -39,7 +39,9 @@ CORRUPTIONS: dict[str, Callable[[Tensor, int, torch.Generator], Tensor]] = {
 def corrupt(images: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
     """`images` (uint8, N C H W) under corruption `name` at `severity` 1..5, as uint8."""
     if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption '{name}'; valid choices: {', '.join(sorted(CORRUPTIONS))}")
+        raise ValueError(
+            f"unknown corruption '{name}'; valid choices: {', '.join(sorted(CORRUPTIONS))}"
+        )
     if severity not in range(1, 6):
         raise ValueError(f"corruption severity must be 1..5, got {severity}")
     generator = torch.Generator().manual_seed(seed)

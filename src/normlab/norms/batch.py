@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,9 +21,29 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats):
     """
 
     batch_dependent = True
+    eval_alpha: float = 0.0  # example-weighed inference (Summers & Dinneen 2020), 0 = plain BN
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.eval_alpha > 0.0 and not self.training and self.stats_mode in ("ema", "population"):
+            return self.example_weighed(x)
         return self.batch_norm(x, self.weight, self.bias)
+
+    def example_weighed(self, x: Tensor) -> Tensor:
+        """Evaluation with each example's own moments mixed into the population moments:
+        mu_i = a*m_i + (1-a)*E[x], s_i = a*E_i[x^2] + (1-a)*E[x^2], var_i = s_i - mu_i^2."""
+        assert self.running_mean is not None and self.running_var is not None
+        alpha = self.eval_alpha
+        shape = (1, -1, 1, 1)
+        pop_mean = self.running_mean.view(shape)
+        pop_ex2 = (self.running_var + self.running_mean.pow(2)).view(shape)
+        own_mean = x.mean(dim=(2, 3), keepdim=True)
+        own_ex2 = x.pow(2).mean(dim=(2, 3), keepdim=True)
+        mean = alpha * own_mean + (1 - alpha) * pop_mean
+        var = (alpha * own_ex2 + (1 - alpha) * pop_ex2 - mean.pow(2)).clamp_min(0.0)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None and self.bias is not None:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
 
     def batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         """Normalize `x` per channel as `stats_mode` says, then apply the given affine."""

@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from normlab.norms.batch import BatchNorm2d
+from normlab.norms.batch_group import BatchGroupNorm2d
 from normlab.norms.population import iter_population_layers
 from normlab.stats.precise_bn import update_population_stats
 
@@ -38,7 +40,9 @@ class PreciseBNCallback(L.Callback):
 
     def recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Run PreciseBN now on the trainer's training data."""
-        loader = training_loader(trainer.datamodule, self.batch_size, self.seed + trainer.current_epoch)  # type: ignore[attr-defined]
+        loader = training_loader(
+            trainer.datamodule, self.batch_size, self.seed + trainer.current_epoch
+        )  # type: ignore[attr-defined]
         update_population_stats(pl_module.model, loader, self.num_samples)  # type: ignore[attr-defined]
         self.updates += 1
 
@@ -51,7 +55,9 @@ class FrozenBNCallback(L.Callback):
     """For the last `last_epochs` epochs train with population statistics (FrozenBN, Rethinking
     BN §2.4); optionally freeze gamma/beta of the batch-dependent layers too."""
 
-    def __init__(self, last_epochs: int, freeze_affine: bool, precise_bn: PreciseBNCallback | None = None) -> None:
+    def __init__(
+        self, last_epochs: int, freeze_affine: bool, precise_bn: PreciseBNCallback | None = None
+    ) -> None:
         if last_epochs < 0:
             raise ValueError(f"frozen_bn.last_epochs must be >= 0, got {last_epochs}")
         self.last_epochs = last_epochs
@@ -90,25 +96,50 @@ class EvalStatsCallback(L.Callback):
         self.mode = mode
         self.alpha = alpha
         self._saved: list[str] = []
+        self._saved_alpha: list[float] = []
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
         self._saved = [layer.stats_mode for layer in layers]
+        self._saved_alpha = [get_eval_alpha(layer) for layer in layers]
         for layer in layers:
             if self.mode == "batch":
                 layer.stats_mode = "batch"
-            set_eval_alpha(layer, self.alpha)
+            if self.alpha > 0:
+                set_eval_alpha(layer, self.alpha)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
-        for layer, mode in zip(layers, self._saved, strict=False):
+        for layer, mode, alpha in zip(layers, self._saved, self._saved_alpha, strict=False):
             layer.stats_mode = mode
-            set_eval_alpha(layer, 0.0)
+            if supports_eval_alpha(layer):
+                set_eval_alpha(layer, alpha)
+
+
+def supports_eval_alpha(layer: object) -> bool:
+    """Whether `layer` implements example-weighed inference: BN and the layers that keep its
+    forward (SyncBN, Ghost BN; at evaluation they are BN) through `eval_alpha`, and
+    batch_group through its own `alpha`."""
+    if isinstance(layer, BatchGroupNorm2d):
+        return True
+    return isinstance(layer, BatchNorm2d) and type(layer).forward is BatchNorm2d.forward
 
 
 def set_eval_alpha(layer: object, alpha: float) -> None:
-    """Set example-weighed inference on a layer that supports it; refuse alpha > 0 elsewhere."""
-    if hasattr(layer, "eval_alpha"):
+    """Set example-weighed inference on `layer`; refuse alpha > 0 where it is not implemented."""
+    if isinstance(layer, BatchGroupNorm2d):
+        layer.alpha = alpha
+    elif supports_eval_alpha(layer):
         layer.eval_alpha = alpha  # type: ignore[attr-defined]
     elif alpha > 0:
-        raise ValueError(f"{type(layer).__name__} does not support example-weighed inference (eval_alpha)")
+        raise ValueError(
+            f"{type(layer).__name__} does not implement example-weighed inference (eval_alpha); "
+            "it is available for norm=bn, syncbn, ghost_bn and batch_group"
+        )
+
+
+def get_eval_alpha(layer: object) -> float:
+    """The example weight `layer` evaluates with (0 where not implemented)."""
+    if isinstance(layer, BatchGroupNorm2d):
+        return float(layer.alpha)
+    return float(getattr(layer, "eval_alpha", 0.0)) if supports_eval_alpha(layer) else 0.0
