@@ -339,7 +339,7 @@ def test_iebn_initial_gate() -> None:
         ("batch_group", {"groups": 3}, "valid groups: 1, 2, 4"),
         ("batch_group", {"groups": 2, "examples_per_group": 0}, "examples_per_group"),
         ("batch_group", {"groups": 2, "alpha": 1.5}, "alpha"),
-        ("batch_group", {"groups": 2, "momentum": None}, "momentum"),
+        ("batch_group", {"groups": 2, "momentum": 0.0}, "momentum"),
         ("bgn", {"groups": 8}, "valid groups: 1, 2, 4"),
         ("brn", {"r_max": 0.5}, "r_max"),
         ("brn", {"d_max": -1.0}, "d_max"),

@@ -129,3 +129,20 @@ def test_example_weighed_inference_interpolates_population_and_instance_stats() 
 def test_eval_alpha_is_refused_where_not_implemented() -> None:
     with pytest.raises(ValueError, match="available for norm=bn, syncbn, ghost_bn and batch_group"):
         set_eval_alpha(build_norm("iebn", 4), 0.5)
+
+
+@pytest.mark.parametrize("name", ["bn", "ghost_bn", "batch_group", "bgn", "brn", "iebn", "syncbn"])
+def test_momentum_null_is_a_cumulative_average_on_every_batch_dependent_layer(name: str) -> None:
+    params = {"ghost_batch_size": 4} if name == "ghost_bn" else {}
+    if name == "batch_group":
+        params = {"groups": 4, "examples_per_group": 4}
+    if name == "bgn":
+        params = {"groups": 4}  # one channel a group: statistics per channel
+    layer = build_norm(name, 4, momentum=None, **params).train()
+    batches = [torch.randn(4, 4, 3, 3) + 3 * i for i in range(3)]
+    for batch in batches:
+        layer(batch)
+    running = getattr(layer, "running_mean", None)
+    running = running if running is not None else layer.running_m1
+    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    torch.testing.assert_close(running, expected, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,7 @@ class BatchGroupNorm2d(NormLayer, PopulationStats):
         num_channels: int,
         groups: int,
         examples_per_group: int,
-        momentum: float,
+        momentum: float | None,
         eps: float,
         alpha: float,
     ) -> None:
@@ -61,6 +61,7 @@ class BatchGroupNorm2d(NormLayer, PopulationStats):
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("running_m1", torch.zeros(num_channels))
         self.register_buffer("running_m2", torch.ones(num_channels))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def extra_repr(self) -> str:
         return (
@@ -125,8 +126,13 @@ class BatchGroupNorm2d(NormLayer, PopulationStats):
 
     @torch.no_grad()
     def _update_running(self, a: Tensor, b: Tensor) -> None:
-        self.running_m1.lerp_(a.mean(0).to(self.running_m1.dtype), self.momentum)
-        self.running_m2.lerp_(b.mean(0).to(self.running_m2.dtype), self.momentum)
+        self.num_batches_tracked.add_(1)
+        # momentum None: cumulative average (weight 1/k for the k-th batch), as torch's BN.
+        weight = (
+            self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        )
+        self.running_m1.lerp_(a.mean(0).to(self.running_m1.dtype), weight)
+        self.running_m2.lerp_(b.mean(0).to(self.running_m2.dtype), weight)
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         k = self.num_channels // self.groups
@@ -144,7 +150,7 @@ def build_batch_group(
     *,
     groups: int = 8,
     examples_per_group: int = 2,
-    momentum: float = 0.01,
+    momentum: float | None = 0.01,
     eps: float = 1e-5,
     alpha: float = 0.0,
 ) -> BatchGroupNorm2d:
@@ -155,10 +161,15 @@ def build_batch_group(
             f"batch_group: examples_per_group must be an int >= 1 dividing the per-device batch, "
             f"got {examples_per_group!r}"
         )
-    check_momentum("batch_group", momentum, allow_none=False)
+    check_momentum("batch_group", momentum)
     check_eps("batch_group", eps)
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"batch_group: alpha must be in [0, 1], got {alpha}")
     return BatchGroupNorm2d(
-        num_channels, groups, examples_per_group, float(momentum), float(eps), float(alpha)
+        num_channels,
+        groups,
+        examples_per_group,
+        None if momentum is None else float(momentum),
+        float(eps),
+        float(alpha),
     )

@@ -40,7 +40,7 @@ class BatchRenorm2d(NormLayer, PopulationStats):
         warmup_steps: int,
         r_max_steps: int,
         d_max_steps: int,
-        momentum: float,
+        momentum: float | None,
         eps: float,
     ) -> None:
         super().__init__()
@@ -96,9 +96,11 @@ class BatchRenorm2d(NormLayer, PopulationStats):
             d = torch.minimum(
                 torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max
             )
-            self.running_mean.add_(self.momentum * (mean - self.running_mean))
-            self.running_std.add_(self.momentum * (std - self.running_std))
             self.num_steps.add_(1)
+            # momentum None: cumulative average over the training steps so far.
+            weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
+            self.running_mean.add_(weight * (mean - self.running_mean))
+            self.running_std.add_(weight * (std - self.running_std))
         return y * r.view(1, -1, 1, 1) + d.view(1, -1, 1, 1)
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
@@ -117,7 +119,7 @@ def build_brn(
     warmup_steps: int = 5000,
     r_max_steps: int = 40000,
     d_max_steps: int = 25000,
-    momentum: float = 0.01,
+    momentum: float | None = 0.01,
     eps: float = 1e-5,
 ) -> BatchRenorm2d:
     """Batch Renorm with the paper's schedule (r_max 3 at 40k steps, d_max 5 at 25k)."""
@@ -135,7 +137,7 @@ def build_brn(
                 f"brn: {key}={steps[key]} must be >= warmup_steps={warmup_steps} "
                 "(the ramp runs from warmup_steps to it)"
             )
-    check_momentum("brn", momentum, allow_none=False)
+    check_momentum("brn", momentum)
     check_eps("brn", eps)
     return BatchRenorm2d(
         num_channels,
@@ -144,6 +146,6 @@ def build_brn(
         warmup_steps,
         r_max_steps,
         d_max_steps,
-        float(momentum),
+        None if momentum is None else float(momentum),
         float(eps),
     )
