@@ -17,12 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from normlab.callbacks import MetricHistory, ThroughputMonitor
 from normlab.console import print_config
-from normlab.data import build_datamodule
+from normlab.data import ImageDataModule, build_datamodule
 from normlab.lit import Classifier
 from normlab.models import build_model
 from normlab.norms import norm_factory
+from normlab.norms.population import iter_population_layers
 from normlab.optim import scaled_lr
 from normlab.results import write_results
+from normlab.stats.evaluate import domain_shift_accuracy, train_test_gap
+from normlab.stats.setup import diagnostics_callback, statistics_callbacks
 
 
 def norm_params(norm_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
@@ -114,6 +117,27 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return results
 
 
+def check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
+    """Let every norm layer refuse, before training, a per-device batch it cannot normalize."""
+    for module in model.modules():
+        check = getattr(module, "check_batch_size", None)
+        if callable(check):
+            check(batch_size)
+
+
+def build_target_domain(cfg: DictConfig, source: ImageDataModule) -> ImageDataModule | None:
+    """The shifted-domain data set of `precise_bn.data` (None when empty), normalized like the
+    source, so the shift is not undone by its own input statistics."""
+    changes = OmegaConf.to_container(cfg.precise_bn.data, resolve=True)
+    if not changes:
+        return None
+    merged = {**OmegaConf.to_container(cfg.data, resolve=True), **changes}  # type: ignore[dict-item]
+    target = build_datamodule(merged, int(cfg.precise_bn.batch_size), seed=int(cfg.seed))
+    target.setup("fit")
+    target.collate = source.collate
+    return target
+
+
 def quiet_lightning() -> None:
     """One copy of each Lightning message (Hydra's root handler already prints them), no tips."""
     logging.getLogger("lightning.pytorch").propagate = False
@@ -150,12 +174,17 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+    check_batch_size(model, int(cfg.batch_size))
+    target = build_target_domain(cfg, datamodule)
     throughput = ThroughputMonitor(int(cfg.batch_size), world)
     history = MetricHistory()
+    diagnostics = diagnostics_callback(cfg, output_dir)
+    callbacks = build_callbacks(cfg, output_dir, throughput, history)
+    callbacks += [*statistics_callbacks(cfg), diagnostics]
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),  # type: ignore[arg-type]
         logger=build_loggers(cfg, output_dir) or False,
-        callbacks=build_callbacks(cfg, output_dir, throughput, history),
+        callbacks=callbacks,
         default_root_dir=str(output_dir),
         enable_model_summary=False,
     )
@@ -166,7 +195,33 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     metrics = trainer.callback_metrics
     train_loss = metrics.get("train/loss_epoch")
     status = "diverged" if module.diverged else "completed"
+    extra: dict[str, Any] = {}
+    if diagnostics.enabled and not module.diverged:
+        extra["diagnostics"] = diagnostics.summary()
+        if any(True for _ in iter_population_layers(model)):
+            extra["diagnostics"]["train_test_gap"] = train_test_gap(
+                model, datamodule.val_dataloader(), module.device
+            )
+        plot = diagnostics.save_plot()
+        extra["diagnostics"]["plot"] = plot.name if plot else None
+    if target is not None and not module.diverged:
+        extra["domain_shift"] = {
+            "data": OmegaConf.to_container(cfg.precise_bn.data, resolve=True),
+            **domain_shift_accuracy(
+                model,
+                target,
+                int(cfg.precise_bn.target_samples),
+                int(cfg.precise_bn.batch_size),
+                int(cfg.seed),
+                module.device,
+            ),
+        }
     return {
+        **extra,
+        "precise_bn_samples": int(cfg.precise_bn.num_samples),
+        "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),
+        "eval_stats": str(cfg.eval_stats),
+        "eval_alpha": float(cfg.eval_alpha),
         "status": status,
         "diverged": module.diverged,
         "divergence_reason": module.divergence_reason or None,

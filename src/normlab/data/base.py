@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from normlab.data.corruptions import corrupt
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset, channel_stats, take_subset
 
 
@@ -85,9 +86,17 @@ class InMemoryDataModule(ImageDataModule):
     pad: int = 4
     flip: bool = True
 
-    def __init__(self, options: LoaderOptions, augment: bool = True) -> None:
+    def __init__(
+        self,
+        options: LoaderOptions,
+        augment: bool = True,
+        corruption: str | None = None,
+        severity: int = 3,
+    ) -> None:
         super().__init__(options)
         self.augment = augment
+        self.corruption = corruption
+        self.severity = severity
 
     def load_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(train images, train labels, val images, val labels), images uint8 NCHW."""
@@ -99,6 +108,9 @@ class InMemoryDataModule(ImageDataModule):
             train_x, train_y, self.options.train_samples, self.options.seed
         )
         val_x, val_y = take_subset(val_x, val_y, self.options.val_samples, self.options.seed + 1)
+        if self.corruption:
+            train_x = corrupt(train_x, self.corruption, self.severity, self.options.seed)
+            val_x = corrupt(val_x, self.corruption, self.severity, self.options.seed + 1)
         self.in_channels = train_x.shape[1]
         self.image_size = train_x.shape[-1]
         mean, std = channel_stats(train_x)

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from normlab.data.base import ImageDataModule, LoaderOptions
+import torch
+
+from normlab.data.base import ImageDataModule, InMemoryDataModule, LoaderOptions
 from normlab.data.cifar import CifarDataModule
+from normlab.data.corruptions import corrupt
 from normlab.data.digits import DigitsDataModule
 from normlab.data.folder import AUGMENTS, FolderStreamDataModule, FolderTensorDataModule
 from normlab.data.shared import default_cache_dir
 from normlab.data.synthetic import SyntheticDataModule
 
 _LOADER_KEYS = {"num_workers", "train_samples", "val_samples", "eval_batch_size"}
+_SHIFT_KEYS = {"corruption", "severity"}  # a shifted domain (in-memory data sets only)
 _DATASET_KEYS: dict[str, set[str]] = {
     "digits": {"image_size", "val_fraction", "augment"},
     "cifar10": {"root", "download", "augment"},
@@ -37,10 +41,23 @@ def build_datamodule(
         raise ValueError(
             f"unknown data set '{name}'; valid choices: {', '.join(available_datasets())}"
         )
-    unknown = sorted(set(cfg) - _DATASET_KEYS[name] - _LOADER_KEYS)
+    unknown = sorted(set(cfg) - _DATASET_KEYS[name] - _LOADER_KEYS - _SHIFT_KEYS)
     if unknown:
-        valid = ", ".join(sorted(_DATASET_KEYS[name] | _LOADER_KEYS))
+        valid = ", ".join(sorted(_DATASET_KEYS[name] | _LOADER_KEYS | _SHIFT_KEYS))
         raise ValueError(f"data={name} got unknown option(s) {', '.join(unknown)}; valid: {valid}")
+    corruption, severity = cfg.pop("corruption", None), int(cfg.pop("severity", 3) or 3)
+    module = _build(name, cfg, batch_size, seed)
+    if corruption:
+        if not isinstance(module, InMemoryDataModule):
+            raise ValueError(
+                f"data.corruption needs an in-memory data set, not data={name} with augment=imagenet"
+            )
+        corrupt(torch.zeros(1, 1, 1, 1, dtype=torch.uint8), corruption, severity)  # validates now
+        module.corruption, module.severity = corruption, severity
+    return module
+
+
+def _build(name: str, cfg: dict[str, Any], batch_size: int, seed: int) -> ImageDataModule:
     options = LoaderOptions(
         batch_size=int(batch_size),
         eval_batch_size=cfg.pop("eval_batch_size", None),

@@ -1,0 +1,50 @@
+"""A real run with PreciseBN, FrozenBN, diagnostics and a shifted domain: what results.json says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_train
+
+
+def test_run_with_population_statistics_options(tmp_path: Path) -> None:
+    proc = run_train(
+        [
+            "trainer.max_epochs=3",
+            "data.train_samples=512",
+            "precise_bn.num_samples=256",
+            "frozen_bn.last_epochs=1",
+            "diagnostics.every_n_epochs=1",
+            "+precise_bn.data.corruption=contrast",
+            "precise_bn.target_samples=256",
+            "callbacks.checkpoint.enabled=false",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["precise_bn_samples"] == 256 and results["frozen_bn_last_epochs"] == 1
+    diagnostics = results["diagnostics"]
+    assert len(diagnostics["collapse_ratio"]) == 19 and diagnostics["epoch"] == 2
+    assert set(diagnostics["train_test_gap"]) == {
+        "val_acc_population_stats",
+        "val_acc_batch_stats",
+        "gap",
+    }
+    assert (tmp_path / "run" / "diagnostics.png").stat().st_size > 1000
+    shift = results["domain_shift"]
+    assert shift["data"] == {"corruption": "contrast"} and shift["target_stat_samples"] == 256
+    assert 0 <= shift["target_acc_source_stats"] <= 1 and 0 <= shift["target_acc_target_stats"] <= 1
+
+
+def test_eval_alpha_where_unsupported_is_one_clear_line(tmp_path: Path) -> None:
+    proc = run_train(
+        ["norm=iebn", "eval_alpha=0.5", "trainer.max_epochs=1", "data.train_samples=128"], tmp_path
+    )
+    assert proc.returncode != 0
+    assert (
+        "does not implement example-weighed inference" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
