@@ -48,3 +48,42 @@ def test_eval_alpha_where_unsupported_is_one_clear_line(tmp_path: Path) -> None:
         "does not implement example-weighed inference" in proc.stderr
         and "Traceback" not in proc.stderr
     )
+
+
+def test_alpha_is_chosen_on_held_out_training_samples(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    proc = run_train(
+        [
+            "batch_size=8",
+            "trainer.max_epochs=1",
+            "data.train_samples=256",
+            "data.holdout_samples=64",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == (256 - 64) // 8, "held-out samples are not trained on"
+    script = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "choose_alpha.py"),
+            str(tmp_path / "run"),
+            "--alphas",
+            "0",
+            "0.1",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert script.returncode == 0, script.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "alpha_selection.json").read_text())
+    assert report["alphas"] == [0, 0.1, 1] and report["chosen_alpha"] in report["alphas"]
+    best = max(report["holdout_acc"])
+    assert report["holdout_acc"][report["alphas"].index(report["chosen_alpha"])] == best

@@ -21,6 +21,7 @@ class LoaderOptions:
     num_workers: int = 0
     train_samples: int | None = None
     val_samples: int | None = None
+    holdout_samples: int = 0
     seed: int = 0
 
 
@@ -108,12 +109,36 @@ class InMemoryDataModule(ImageDataModule):
             train_x, train_y, self.options.train_samples, self.options.seed
         )
         val_x, val_y = take_subset(val_x, val_y, self.options.val_samples, self.options.seed + 1)
+        train_x, train_y, hold_x, hold_y = split_holdout(
+            train_x, train_y, self.options.holdout_samples, self.options.seed
+        )
         if self.corruption:
             train_x = corrupt(train_x, self.corruption, self.severity, self.options.seed)
             val_x = corrupt(val_x, self.corruption, self.severity, self.options.seed + 1)
+            hold_x = corrupt(hold_x, self.corruption, self.severity, self.options.seed + 2)
         self.in_channels = train_x.shape[1]
         self.image_size = train_x.shape[-1]
         mean, std = channel_stats(train_x)
         self.collate = NormalizeCollate(mean, std)
         pad, flip = (self.pad, self.flip) if self.augment else (0, False)
+        self.holdout_set = TensorImageDataset(hold_x, hold_y) if len(hold_y) else None
         return TensorImageDataset(train_x, train_y, pad, flip), TensorImageDataset(val_x, val_y)
+
+    def holdout_dataloader(self) -> DataLoader:
+        """Training samples kept out of training (data.holdout_samples), unaugmented, for
+        choosing inference-time settings such as eval_alpha without touching validation."""
+        self.setup()
+        if self.holdout_set is None:
+            raise ValueError("no held-out split: train with data.holdout_samples=N (N > 0)")
+        return self._loader(self.holdout_set, self.options.eval_batch_size or 128, train=False)
+
+
+def split_holdout(
+    images: torch.Tensor, labels: torch.Tensor, count: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, held-out images, held-out labels): a seeded split."""
+    if count < 0 or count >= len(labels):
+        raise ValueError(f"data.holdout_samples must be in [0, {len(labels) - 1}], got {count}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 7))
+    keep, hold = order[count:], order[:count]
+    return images[keep], labels[keep], images[hold], labels[hold]

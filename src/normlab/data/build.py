@@ -15,7 +15,7 @@ from normlab.data.folder import AUGMENTS, FolderStreamDataModule, FolderTensorDa
 from normlab.data.shared import default_cache_dir
 from normlab.data.synthetic import SyntheticDataModule
 
-_LOADER_KEYS = {"num_workers", "train_samples", "val_samples", "eval_batch_size"}
+_LOADER_KEYS = {"num_workers", "train_samples", "val_samples", "eval_batch_size", "holdout_samples"}
 _SHIFT_KEYS = {"corruption", "severity"}  # a shifted domain (in-memory data sets only)
 _DATASET_KEYS: dict[str, set[str]] = {
     "digits": {"image_size", "val_fraction", "augment"},
@@ -64,6 +64,7 @@ def _build(name: str, cfg: dict[str, Any], batch_size: int, seed: int) -> ImageD
         num_workers=int(cfg.pop("num_workers", 0) or 0),
         train_samples=cfg.pop("train_samples", None),
         val_samples=cfg.pop("val_samples", None),
+        holdout_samples=int(cfg.pop("holdout_samples", 0) or 0),
         seed=seed,
     )
     if name == "digits":
