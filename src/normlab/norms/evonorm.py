@@ -1,0 +1,74 @@
+"""EvoNorm-S0 (Liu, Brock, Simonyan & Le, NeurIPS 2020), METHODS §11.2: a normalization-
+activation layer found by search, batch-independent:
+
+    y = x * sigmoid(v * x) / sqrt(groupvar(x) + eps) * gamma + beta,
+
+with groupvar the biased variance over (C/G, H, W) per sample of the un-gated x and v
+initialised to 1. The layer is itself the activation. Where no activation follows (the last
+norm of a residual branch) it keeps the normalization and drops the gate (timm's "S0a"
+behaviour), instead of degenerating to an affine map as timm's plain S0 does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normlab.norms.base import NormLayer
+from normlab.norms.group import resolve_groups
+from normlab.norms.registry import register_norm
+
+
+def group_std(x: Tensor, groups: int, eps: float) -> Tensor:
+    """sqrt(biased variance + eps) over each sample's channel groups, broadcast to x's shape."""
+    n, c, h, w = x.shape
+    grouped = x.reshape(n, groups, -1)
+    var = grouped.var(dim=2, unbiased=False, keepdim=True)
+    std = (var + eps).sqrt().expand(n, groups, (c // groups) * h * w)
+    return std.reshape(n, c, h, w)
+
+
+class EvoNormS0(NormLayer):
+    """EvoNorm-S0; `gated=False` (no activation follows) divides by the group std only."""
+
+    batch_dependent = False
+    fuses_activation = True
+
+    def __init__(self, num_channels: int, groups: int, gated: bool, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.groups = groups
+        self.eps = eps
+        self.gated = gated
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.v = nn.Parameter(torch.ones(num_channels)) if gated else None
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, groups={self.groups}, gated={self.gated}, eps={self.eps}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1, 1, 1)
+        numerator = x * torch.sigmoid(self.v.view(shape) * x) if self.v is not None else x
+        out = numerator / group_std(x, self.groups, self.eps)
+        return out * self.weight.view(shape) + self.bias.view(shape)
+
+
+@register_norm(
+    "evonorm_s0",
+    batch_dependent=False,
+    fuses_activation=True,
+    summary="EvoNorm-S0 normalization-activation (Liu et al. 2020)",
+)
+def build_evonorm_s0(
+    num_channels: int,
+    *,
+    activation: str | None = None,
+    groups: int | None = 8,
+    group_size: int | None = None,
+    eps: float = 1e-5,
+) -> EvoNormS0:
+    """EvoNorm-S0 in place of norm + activation (any activation name: the gate replaces it)."""
+    if not eps > 0:
+        raise ValueError(f"evonorm_s0: eps must be > 0, got {eps}")
+    resolved = resolve_groups("evonorm_s0", num_channels, groups, group_size)
+    return EvoNormS0(num_channels, resolved, gated=activation is not None, eps=eps)

@@ -1,0 +1,153 @@
+"""Proxy Normalization (Labatie, Masters, Eaton-Rosen & Luschi, NeurIPS 2021), METHODS §4.
+
+LN or GN without affine, then the PN-Act unit: z = act(gamma*y + beta), normalized by the mean
+and variance of a proxy variable act(gamma*Y + beta) with Y_c = beta~_c + (1 + gamma~_c) U,
+U ~ N(0, 1), evaluated by deterministic quadrature over `proxy_points` midpoint quantiles (the
+official Graphcore implementation): out = (z - m_c) / sqrt(v_c + proxy_eps). The proxy
+statistics are computed in the forward pass from the current parameters, so gradients flow
+through them. Batch-independent, identical in training and evaluation, no running buffers.
+
+Where a norm is not followed by an activation (the last norm of a residual branch) the
+EfficientNet code uses the plain norm with scale gamma and no shift beta; so does this layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normlab.norms.activations import make_activation
+from normlab.norms.base import NormLayer
+from normlab.norms.group import resolve_groups
+from normlab.norms.registry import register_norm
+
+
+def midpoint_quantiles(points: int) -> Tensor:
+    """The `points` quantiles Phi^-1((k + 0.5) / points) of N(0, 1), k = 0..points-1 (float64)."""
+    probabilities = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    return torch.special.ndtri(probabilities)
+
+
+class ProxyNormAct(NormLayer):
+    """GN/LN (no affine) followed by PN-Act, or by a scale alone when no activation follows."""
+
+    batch_dependent = False
+    fuses_activation = True
+
+    def __init__(
+        self,
+        num_channels: int,
+        groups: int,
+        activation: str | None,
+        eps: float = 1e-5,
+        proxy_points: int = 200,
+        proxy_eps: float = 0.03,
+    ) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.groups = groups
+        self.eps = eps
+        self.proxy_eps = proxy_eps
+        self.activation = activation
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        if activation is None:
+            self.register_parameter("bias", None)
+            self.register_parameter("proxy_weight", None)
+            self.register_parameter("proxy_bias", None)
+            self.act = None
+        else:
+            self.bias = nn.Parameter(torch.zeros(num_channels))
+            self.proxy_weight = nn.Parameter(torch.zeros(num_channels))
+            self.proxy_bias = nn.Parameter(torch.zeros(num_channels))
+            self.act = make_activation(activation)
+            # float64 so float64 models get exact quadrature; cast to the compute dtype in use.
+            self.register_buffer("quantiles", midpoint_quantiles(proxy_points), persistent=False)
+
+    def extra_repr(self) -> str:
+        points = 0 if self.act is None else self.quantiles.numel()
+        return (
+            f"{self.num_channels}, groups={self.groups}, activation={self.activation}, "
+            f"eps={self.eps}, proxy_points={points}, proxy_eps={self.proxy_eps}"
+        )
+
+    def proxy_statistics(self) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and biased variance of act(gamma*Y + beta) over the quantile grid."""
+        assert self.act is not None
+        u = self.quantiles.to(self.weight.dtype)
+        proxy = (1 + self.proxy_weight)[:, None] * u[None, :] + self.proxy_bias[:, None]
+        activated = self.act(self.weight[:, None] * proxy + self.bias[:, None])
+        var, mean = torch.var_mean(activated, dim=1, unbiased=False)
+        return mean, var
+
+    def proxy_parameters(self) -> list[nn.Parameter]:
+        """gamma~ and beta~: decayed toward 0 (a standard-normal proxy), as the paper does."""
+        return [p for p in (self.proxy_weight, self.proxy_bias) if p is not None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        shape = (1, -1, 1, 1)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # statistics in fp32
+            y = F.group_norm(x.to(compute), self.groups, None, None, self.eps)
+            gamma = self.weight.to(compute).view(shape)
+            if self.act is None:
+                return (y * gamma).to(dtype)
+            z = self.act(y * gamma + self.bias.to(compute).view(shape))
+            mean, var = self.proxy_statistics()
+            scale = torch.rsqrt(var.to(compute) + self.proxy_eps).view(shape)
+            out = (z - mean.to(compute).view(shape)) * scale
+        return out.to(dtype)
+
+    def zero_init_(self) -> None:
+        nn.init.zeros_(self.weight)
+
+
+def _check(name: str, proxy_points: int, proxy_eps: float, eps: float) -> None:
+    if not isinstance(proxy_points, int) or proxy_points < 2:
+        raise ValueError(f"{name}: proxy_points must be an int >= 2, got {proxy_points!r}")
+    if not proxy_eps > 0:
+        raise ValueError(f"{name}: proxy_eps must be > 0, got {proxy_eps}")
+    if not eps > 0:
+        raise ValueError(f"{name}: eps must be > 0, got {eps}")
+
+
+@register_norm(
+    "proxy_ln",
+    batch_dependent=False,
+    fuses_activation=True,
+    summary="LayerNorm + Proxy Norm activation (Labatie et al. 2021)",
+)
+def build_proxy_ln(
+    num_channels: int,
+    *,
+    activation: str | None = None,
+    eps: float = 1e-5,
+    proxy_points: int = 200,
+    proxy_eps: float = 0.03,
+) -> ProxyNormAct:
+    """LN (one group over C,H,W) + PN-Act."""
+    _check("proxy_ln", proxy_points, proxy_eps, eps)
+    return ProxyNormAct(num_channels, 1, activation, eps, proxy_points, proxy_eps)
+
+
+@register_norm(
+    "proxy_gn",
+    batch_dependent=False,
+    fuses_activation=True,
+    summary="GroupNorm + Proxy Norm activation (Labatie et al. 2021)",
+)
+def build_proxy_gn(
+    num_channels: int,
+    *,
+    activation: str | None = None,
+    groups: int | None = 8,
+    group_size: int | None = None,
+    eps: float = 1e-5,
+    proxy_points: int = 200,
+    proxy_eps: float = 0.03,
+) -> ProxyNormAct:
+    """GN (`groups` groups or groups of `group_size` channels) + PN-Act."""
+    _check("proxy_gn", proxy_points, proxy_eps, eps)
+    resolved = resolve_groups("proxy_gn", num_channels, groups, group_size)
+    return ProxyNormAct(num_channels, resolved, activation, eps, proxy_points, proxy_eps)
