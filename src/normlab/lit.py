@@ -72,6 +72,14 @@ class Classifier(L.LightningModule):
             self.val_acc5(logits, labels)
             self.log("val/acc5", self.val_acc5, on_epoch=True)
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then tell stateful layers (CBN's window) that an optimizer step happened."""
+        super().optimizer_step(*args, **kwargs)
+        for module in self.model.modules():
+            hook = getattr(module, "on_optimizer_step", None)
+            if callable(hook):
+                hook()
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim_cfg, self.lr)
         total = int(self.trainer.estimated_stepping_batches)

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
+from normlab.models.binding import bind_norms_to_convs, layers_needing_conv
 from normlab.models.layers import conv_factory
 from normlab.models.resnet import BasicBlock, Bottleneck, PreActBasicBlock, ResNet
 from normlab.models.timm_backbone import build_timm_model
@@ -74,7 +76,15 @@ def build_model(
     image_size: int = 32,
 ) -> nn.Module:
     """Build the model that `model_cfg` names, with every norm layer from `norm`."""
-    cfg = dict(model_cfg)
+    model = _build(dict(model_cfg), norm, num_classes, in_channels, image_size)
+    if layers_needing_conv(model):
+        bind_norms_to_convs(model, torch.zeros(2, in_channels, image_size, image_size))
+    return model
+
+
+def _build(
+    cfg: dict[str, Any], norm: NormFactory, num_classes: int, in_channels: int, image_size: int
+) -> nn.Module:
     source = cfg.get("source", "normlab")
     name = cfg.get("name")
     activation = cfg.get("activation", "relu")
