@@ -174,7 +174,16 @@ def test_binding_in_models() -> None:
             for name, _ in model.named_modules()
         )
     with pytest.raises(ValueError, match="none precedes"):
-        build_model({"name": "resnet20", "preact": True}, norm_factory("cbn"), 10)
+        build_model({"name": "resnet20", "preact": True}, norm_factory("cbn", no_conv="error"), 10)
+    with pytest.warns(UserWarning, match="without compensation"):
+        preact = build_model(
+            {"name": "resnet20", "preact": True}, norm_factory("cbn", window=2), 10
+        )
+    naive = [m for m in preact.modules() if getattr(m, "uncompensated", False)]
+    bound = [m for m in preact.modules() if getattr(m, "needs_conv", False) and m.conv is not None]
+    assert (
+        naive and bound
+    )  # norm1 of blocks after the first sees a residual sum; norm2 follows conv1
 
 
 def test_cbn_resnet_loss_falls() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -48,12 +50,22 @@ def bind_norms_to_convs(model: nn.Module, example: Tensor) -> int:
         for handle in handles:
             handle.remove()
     missing = [name for name, _ in targets if name not in found]
-    if missing:
+    listed = f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
+    if any(getattr(m, "no_conv", "error") != "naive" for n, m in targets if n in missing):
         raise ValueError(
-            "cbn needs a convolution right before each norm layer, but none precedes "
-            f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} (pre-activation blocks "
-            "normalize the residual sum); use a post-activation model (model.preact=false)"
+            f"cbn needs a convolution right before each norm layer, but none precedes {listed} "
+            "(pre-activation blocks normalize the residual sum); use a post-activation model "
+            "(model.preact=false) or norm.no_conv=naive"
+        )
+    if missing:
+        warnings.warn(
+            f"cbn: no convolution right before {len(missing)} layer(s) ({listed}); they average "
+            "past statistics without compensation (norm.no_conv=naive)",
+            stacklevel=2,
         )
     for name, module in targets:
-        module.bind_conv(found[name])  # type: ignore[operator]
+        if name in found:
+            module.bind_conv(found[name])  # type: ignore[operator]
+        else:
+            module.mark_uncompensated()  # type: ignore[operator]
     return len(targets)

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from normlab.norms import NormFactory, is_norm_layer
+from normlab.norms import NormFactory, get_norm_spec, is_norm_layer
 from normlab.norms.activations import activation_name
 
 # Base classes of the norm layers timm and torch might leave behind.
@@ -92,6 +92,94 @@ def foreign_norm_layers(model: nn.Module) -> list[str]:
     return found
 
 
+def get_norm_spec_of(norm: NormFactory) -> object | None:
+    """The registry spec of the method a factory builds (None for a hand-made factory)."""
+    name = getattr(norm, "norm_name", None)
+    return get_norm_spec(name) if name else None
+
+
+def _is_activation(module: nn.Module) -> bool:
+    try:
+        return activation_name(module) not in (None, "identity")
+    except ValueError:
+        return False
+
+
+@torch.no_grad()
+def norm_activation_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """(norm name, activation name) where an activation module consumes a norm layer's output
+    directly, found by tracing one forward."""
+    made_by: dict[int, tuple[str, int]] = {}
+    keep: list[torch.Tensor] = []
+    pairs: list[tuple[str, str]] = []
+    handles = []
+
+    def after_norm(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            made_by[id(output)] = (name, output._version)  # in-place ops (x += skip) bump it
+            keep.append(output)
+
+        return hook
+
+    def before_act(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            source = made_by.get(id(inputs[0]))
+            if source is not None and source[1] == inputs[0]._version:
+                pairs.append((source[0], name))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if is_norm_layer(module):
+            handles.append(module.register_forward_hook(after_norm(name)))
+        elif _is_activation(module):
+            handles.append(module.register_forward_pre_hook(before_act(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return pairs
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def fuse_norm_activation_pairs(model: nn.Module, norm: NormFactory, example: torch.Tensor) -> int:
+    """For a method that applies its own activation (Proxy Norm, EvoNorm, FRN) in a family whose
+    activations are separate modules (ResNet v1): rebuild each norm that feeds an activation
+    with that activation and replace the activation by Identity. Fails, naming the modules,
+    when an activation is shared by several norms or a norm feeds several activations."""
+    pairs = norm_activation_pairs(model, example)
+    norms = [n for n, _ in pairs]
+    acts = [a for _, a in pairs]
+    shared = sorted(
+        {a for a in acts if acts.count(a) > 1} | {n for n in norms if norms.count(n) > 1}
+    )
+    if shared:
+        raise ValueError(
+            f"cannot fuse norm and activation: {', '.join(shared)} are shared; choose another model"
+        )
+    for norm_name, act_name in pairs:
+        old = model.get_submodule(norm_name)
+        channels = _channels_of(old)
+        _replace(model, norm_name, norm(channels, activation_name(model.get_submodule(act_name))))
+        _replace(model, act_name, nn.Identity())
+    return len(pairs)
+
+
+def _channels_of(module: nn.Module) -> int:
+    for param in module.parameters():
+        return int(param.shape[0])
+    raise ValueError(f"cannot tell the channel count of {type(module).__name__}")
+
+
 def build_timm_model(
     name: str,
     norm: NormFactory,
@@ -116,6 +204,9 @@ def build_timm_model(
         act_layer=activation,
         **timm_kwargs,
     )
+    if not fused and getattr(get_norm_spec_of(norm), "fuses_activation", False):
+        example = torch.zeros(2, in_channels, 64, 64)
+        fuse_norm_activation_pairs(model, norm, example)
     left = foreign_norm_layers(model)
     if left:
         raise ValueError(

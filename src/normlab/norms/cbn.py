@@ -13,7 +13,10 @@ statistics. The derivatives are computed in closed form as convolution weight-gr
 (dmu_c/dW[c] = mean input patch, dnu_c/dW[c] = 2 E[x_c * patch]). The window advances once per
 optimizer step (`on_optimizer_step`, called by normlab's LightningModule), not per forward, so
 gradient accumulation does not shift it; window and step counter are buffers, so they survive
-checkpoints. Plain BN during the first `burnin_steps` steps. Evaluation uses running
+checkpoints. Plain BN during the first `burnin_steps` steps. A layer with no conv right before
+it (pre-activation blocks normalize the residual sum) averages its past statistics without
+compensation (no_conv=naive, announced as a warning at build) or fails the build (no_conv=error).
+Evaluation uses running
 statistics (EMA of the current iteration's mean and unbiased variance), as the official code.
 """
 
@@ -42,8 +45,11 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
         momentum: float | None,
         eps: float,
         rho: float,
+        no_conv: str = "naive",
     ) -> None:
         super().__init__(num_channels, eps=eps, momentum=momentum)
+        self.no_conv = no_conv
+        self.uncompensated = False  # set for layers with no conv right before them (no_conv=naive)
         self.window = window
         self.burnin_steps = burnin_steps
         self.rho = rho
@@ -96,6 +102,8 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
         cross = self.training and self.stats_mode == "ema" and self.window > 1
         if not cross:
             return super().forward(x)
+        if self.uncompensated:
+            return self._naive_forward(x)
         conv = self.conv
         if conv is None or self._conv_input is None:
             raise ValueError(
@@ -110,6 +118,32 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
         mean_bar, sq_bar = self._window_statistics(mean, sq, weight)
         var = (sq_bar - mean_bar.pow(2)).clamp_min(0.0)
         y = (x - mean_bar.view(1, -1, 1, 1)) * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def mark_uncompensated(self) -> None:
+        """No conv precedes this layer (a pre-activation norm sees a residual sum): average the
+        past statistics without compensation (rho = 0, the paper's naive baseline)."""
+        if self.no_conv != "naive":
+            raise ValueError("cbn: no convolution precedes this layer and no_conv=error")
+        self.uncompensated = True
+
+    def _naive_forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=(0, 2, 3))
+        sq = x.pow(2).mean(dim=(0, 2, 3))
+        self._pending = (mean.detach(), sq.detach())
+        self._update_running(x, mean)
+        filled = int(self.filled)
+        if filled and int(self.num_steps) >= self.burnin_steps:
+            past_mean, past_sq = (
+                self.past_mean[:filled],
+                torch.maximum(self.past_sq[:filled], self.past_mean[:filled].pow(2)),
+            )
+            mean, sq = (
+                (mean + past_mean.sum(0)) / (filled + 1),
+                (sq + past_sq.sum(0)) / (filled + 1),
+            )
+        var = (sq - mean.pow(2)).clamp_min(0.0)
+        y = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
         return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
     @torch.no_grad()
@@ -187,6 +221,7 @@ def build_cbn(
     momentum: float | None = 0.1,
     eps: float = 1e-5,
     rho: float = 1.0,
+    no_conv: str = "naive",
 ) -> CrossIterationBatchNorm2d:
     """CBN over a window of `window` iterations (the current one included)."""
     if not isinstance(window, int) or window < 1:
@@ -197,8 +232,10 @@ def build_cbn(
         raise ValueError(f"cbn: burnin_steps must be an int >= 0, got {burnin_steps!r}")
     if not 0.0 <= float(rho) <= 1.0:
         raise ValueError(f"cbn: rho must be in [0, 1] (0: no compensation), got {rho}")
+    if no_conv not in ("naive", "error"):
+        raise ValueError(f"cbn: no_conv must be naive or error, got {no_conv!r}")
     check_momentum("cbn", momentum)
     check_eps("cbn", eps)
     return CrossIterationBatchNorm2d(
-        num_channels, window, burnin_steps, momentum, float(eps), float(rho)
+        num_channels, window, burnin_steps, momentum, float(eps), float(rho), no_conv
     )

@@ -20,7 +20,7 @@ def training_loader(datamodule: L.LightningDataModule, batch_size: int, seed: in
         datamodule.train_set,  # type: ignore[attr-defined]
         batch_size=batch_size,
         shuffle=True,
-        drop_last=True,
+        drop_last=False,  # update_population_stats skips a final batch of one itself
         generator=generator,
         collate_fn=datamodule.collate,  # type: ignore[attr-defined]
     )

@@ -1,0 +1,85 @@
+"""Every registered method builds into every backbone family and trains on real CIFAR-10."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normlab.models import build_model
+from normlab.models.timm_backbone import foreign_norm_layers
+from normlab.norms import available_norms, get_norm_spec, is_norm_layer, norm_factory
+
+# Parameters that make a method usable at the tiny test batch of 2 or 4.
+SMALL_BATCH = {"ghost_bn": {"ghost_batch_size": 2}}
+MODELS = [
+    {"name": "resnet20"},
+    {"name": "resnet18"},
+    {"source": "timm", "name": "resnet50"},
+    {"source": "timm", "name": "resnetv2_50"},
+]
+
+
+def test_every_issue_method_is_registered() -> None:
+    expected = {
+        "none", "bn", "ln", "in", "gn", "ghost_bn", "syncbn", "batch_group", "bgn",
+        "proxy_ln", "proxy_gn", "cbn", "iebn", "brn", "evonorm_s0", "frn",
+    }  # fmt: skip
+    assert expected <= set(available_norms())
+
+
+@pytest.mark.parametrize(
+    "model_cfg", MODELS, ids=lambda c: c["name"] + ("_timm" if "source" in c else "")
+)
+@pytest.mark.parametrize("name", available_norms())
+def test_method_builds_into_backbone_with_no_foreign_norm(name: str, model_cfg: dict) -> None:
+    model = build_model(model_cfg, norm_factory(name, **SMALL_BATCH.get(name, {})), 10)
+    assert not foreign_norm_layers(model), "every norm layer comes from normlab's factory"
+    ours = [m for m in model.modules() if is_norm_layer(m)]
+    assert len(ours) >= 9
+    if get_norm_spec(name).fuses_activation and model_cfg.get("source") == "timm":
+        assert (
+            sum(
+                getattr(m, "act", None) is not None
+                or getattr(m, "gated", False)
+                or getattr(m, "tau", None) is not None
+                for m in ours
+            )
+            > 5
+        )
+    size = 64 if model_cfg.get("source") == "timm" else 32
+    out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.fixture(scope="module")
+def cifar_batches(cifar10_root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from normlab.data import build_datamodule
+
+    datamodule = build_datamodule(
+        {"name": "folder", "root": str(cifar10_root), "train_samples": 64}, 32
+    )
+    datamodule.setup()
+    return list(datamodule.train_dataloader())
+
+
+@pytest.mark.parametrize("name", available_norms())
+def test_method_trains_resnet20_on_cifar10(name: str, cifar_batches: list) -> None:
+    torch.manual_seed(0)
+    model = build_model({"name": "resnet20"}, norm_factory(name, **SMALL_BATCH.get(name, {})), 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(12):
+        for images, labels in cifar_batches:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            for module in model.modules():
+                if hasattr(module, "on_optimizer_step"):
+                    module.on_optimizer_step()
+            losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), f"{name}: loss did not fall: {losses}"
