@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from conftest import run_train
 
 SMALL = [
@@ -22,7 +23,9 @@ def _results(run_dir: Path) -> dict:
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     return checkpoint["state_dict"]
 
 

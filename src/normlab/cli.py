@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.console import error_line
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+
+
+def quiet_hydra_warnings() -> None:
+    """conf/hydra/launcher/submitit_local.yaml deliberately refines the plugin's schema of the
+    same name (so `hydra/launcher=submitit_local` keeps working); Hydra warns about that
+    automatic schema match on every load, which is noise here."""
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 
 def register_resolvers() -> None:

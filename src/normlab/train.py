@@ -235,6 +235,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
 
 
 def read_summary(output_dir: Path) -> dict[str, Any]:
@@ -290,6 +291,7 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
         callbacks=build_callbacks(cfg, output_dir, throughput, history),
         default_root_dir=str(output_dir),
         enable_model_summary=False,
+        enable_progress_bar=cfg.callbacks.get("progress", "rich") != "none",
     )
     hparams = {"lr": lr, "global_batch_size": global_batch, "world_size": world, **run_axes(cfg)}
     for logger in trainer.loggers:
