@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from conftest import run_train
 
 FAST = ["trainer.max_epochs=1", "+data.train_samples=64", "logger=none"]

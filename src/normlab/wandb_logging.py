@@ -4,6 +4,8 @@ requeue, grouped per sweep; any W&B failure warns once and training goes on with
 from __future__ import annotations
 
 import os
+import secrets
+import string
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,9 +50,8 @@ def run_id(output_dir: Path) -> str:
     path = output_dir / RUN_ID_FILE
     if path.exists():
         return path.read_text().strip()
-    import wandb
-
-    new_id = wandb.util.generate_id()
+    alphabet = string.ascii_lowercase + string.digits
+    new_id = "".join(secrets.choice(alphabet) for _ in range(8))
     path.write_text(new_id + "\n")
     return new_id
 
