@@ -12,6 +12,8 @@ from conftest import run_train
 SMALL = [
     "trainer.max_epochs=2",
     "+data.train_samples=128",
+    "+data.val_samples=64",
+    "trainer.num_sanity_val_steps=0",
     "model=resnet20",
     "batch_size=32",
     "logger=none",
