@@ -114,6 +114,16 @@ def trainer_args(cfg: DictConfig) -> dict[str, Any]:
     return {str(k): v for k, v in args.items()}
 
 
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, Lightning's own SIGUSR1 requeue is switched off: submitit (the Hydra
+    launcher) requeues the job and normlab resumes from checkpoints/last.ckpt, one mechanism."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return []
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
 def process_rank() -> int:
     """This process's global rank from the launcher's environment (0 for a spawn parent)."""
     for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
@@ -285,8 +295,11 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
     throughput = ThroughputMonitor(int(cfg.batch_size), world)
     history = MetricHistory()
     loggers = build_loggers(cfg, output_dir)
+    args = trainer_args(cfg)
+    plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
     trainer = L.Trainer(
-        **trainer_args(cfg),
+        **args,
+        plugins=plugins or None,
         logger=loggers or False,
         callbacks=build_callbacks(cfg, output_dir, throughput, history),
         default_root_dir=str(output_dir),
