@@ -22,23 +22,14 @@ def cifar10_root() -> Path:
     """The shared CIFAR-10 JPEG tree (train/, test/), unpacked into .cache; skip if absent."""
     from normlab.data.shared import ensure_shared_cifar10, shared_archive
 
-    if (
-        shared_archive() is None
-        and not (REPO_ROOT / ".cache" / "data" / "cifar10" / ".unpacked").exists()
-    ):
+    if shared_archive() is None and not (REPO_ROOT / ".cache" / "data" / "cifar10" / ".unpacked").exists():
         pytest.skip("shared CIFAR-10 archive not found (../shared/data/cifar10-jpg.tar.gz)")
     return ensure_shared_cifar10()
 
 
-def run_train(
-    args: list[str], tmp_path: Path, timeout: int = 600, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run_train(args: list[str], tmp_path: Path, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python train.py <args>` as a subprocess with outputs under tmp_path, quiet progress."""
-    full_env = {
-        **os.environ,
-        "MALLOC_MMAP_THRESHOLD_": "33554432",
-        "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    }
+    full_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
     full_env.update(env or {})
     base = [
         sys.executable,
@@ -48,6 +39,4 @@ def run_train(
         "callbacks.progress=none",
         "print_config=false",
     ]
-    return subprocess.run(
-        base + args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+    return subprocess.run(base + args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
