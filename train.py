@@ -9,10 +9,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from normlab.cli import hydra_entry, preflight, register_resolvers
+from normlab.cli import hydra_entry, preflight, quiet_hydra_warnings, register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 register_resolvers()
+quiet_hydra_warnings()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

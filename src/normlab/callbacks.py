@@ -1,11 +1,18 @@
-"""Lightning callbacks of every run: training throughput."""
+"""Lightning callbacks of every run: throughput, metric history, DDP buffer reconciliation,
+per-epoch seeding (exact resume), and the summary rank 0 hands back to the main process."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from normlab.norms import is_norm_layer
 
 
 class ThroughputMonitor(L.Callback):
@@ -55,6 +62,13 @@ class MetricHistory(L.Callback):
         metrics["epoch"] = trainer.current_epoch
         self.epochs.append(metrics)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints so a resumed run keeps the epochs before the interruption."""
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict.get("epochs", []))
+
     def best(self, key: str = "val/acc") -> float | None:
         """Highest value of `key` over the epochs."""
         values = [e[key] for e in self.epochs if key in e]
@@ -64,3 +78,119 @@ class MetricHistory(L.Callback):
         """Value of `key` after the last validation."""
         values = [e[key] for e in self.epochs if key in e]
         return values[-1] if values else None
+
+
+def batch_dependent_buffers(model: nn.Module) -> list[Tensor]:
+    """The floating running_* buffers of batch-dependent normlab norm layers, each once.
+
+    Found by `normlab.norms.is_norm_layer(m) and m.batch_dependent`, so every family (BN, ghost
+    BN, batch renorm, ...) is covered without type checks; a NormAct and its inner layer share
+    their buffers, hence the de-duplication.
+    """
+    found: dict[int, Tensor] = {}
+    for module in model.modules():
+        if not (is_norm_layer(module) and getattr(module, "batch_dependent", False)):
+            continue
+        for name, buffer in module.named_buffers():
+            if name.rsplit(".", 1)[-1].startswith("running_") and buffer.is_floating_point():
+                found.setdefault(id(buffer), buffer)
+    return list(found.values())
+
+
+def average_across_ranks(buffers: list[Tensor]) -> None:
+    """Replace each buffer by its mean over all DDP ranks (a no-op outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    world = dist.get_world_size()
+    for buffer in buffers:
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+        buffer.div_(world)
+
+
+class ReconcileNormBuffers(L.Callback):
+    """Under DDP each rank updates its BN running statistics from its own batches only.
+
+    Before every validation (which is also before the epoch's checkpoint) and at the end of
+    each training epoch, the running_* buffers of batch-dependent norm layers are averaged
+    across ranks with an all-reduce, so evaluation, checkpoints and the saved model use one
+    set of population statistics, the same on every rank.
+    """
+
+    def _reconcile(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            average_across_ranks(batch_dependent_buffers(pl_module))
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reconcile(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reconcile(trainer, pl_module)
+
+
+class EpochSeeding(L.Callback):
+    """Reseed torch, numpy and random at every training epoch from (seed, epoch, rank).
+
+    Data order and augmentation of epoch e then depend only on e, never on what ran before,
+    so a run resumed from an epoch-end checkpoint replays exactly what an uninterrupted run
+    sees (the DataLoader's shuffling and the tensor augmentations draw from these generators).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch_seed = self.seed * 1_000_003 + trainer.current_epoch * 1_009 + trainer.global_rank
+        L.seed_everything(epoch_seed % (2**31), workers=True, verbose=False)
+
+
+class StopAfterEpochs(L.Callback):
+    """Stop cleanly after `epochs` training epochs, as a preempted job would (tests resume)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.interrupted = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (
+            trainer.current_epoch + 1 >= self.epochs
+            and trainer.current_epoch + 1 < trainer.max_epochs
+        ):
+            trainer.should_stop = True
+            self.interrupted = True
+
+
+class FitSummary(L.Callback):
+    """Rank 0 writes what results.json needs at the end of fit to `path`.
+
+    Under ddp_spawn training happens in child processes whose callbacks and module the main
+    process never sees; this file carries the numbers back. Non-spawn runs use it as well, so
+    there is one path.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        history: MetricHistory,
+        throughput: ThroughputMonitor,
+        stopper: StopAfterEpochs | None = None,
+    ) -> None:
+        self.path = path
+        self.history = history
+        self.throughput = throughput
+        self.stopper = stopper
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        train_loss = trainer.callback_metrics.get("train/loss_epoch")
+        summary = {
+            "diverged": bool(getattr(pl_module, "diverged", False)),
+            "divergence_reason": getattr(pl_module, "divergence_reason", "") or None,
+            "interrupted": bool(self.stopper and self.stopper.interrupted),
+            "history": self.history.epochs,
+            "train_loss": float(train_loss) if train_loss is not None else None,
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "train_images_per_s": self.throughput.images_per_second,
+        }
+        self.path.write_text(json.dumps(summary, allow_nan=True))

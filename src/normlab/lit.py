@@ -51,10 +51,14 @@ class Classifier(L.LightningModule):
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels)
         value = loss.detach().item()
-        if not math.isfinite(value) or value > self.loss_threshold:
+        bad = not math.isfinite(value) or value > self.loss_threshold
+        # Under DDP every rank must skip the update together, or the others wait in all-reduce.
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             self.diverged = True
             self.divergence_reason = f"train loss {value:.4g} at step {self.global_step}"
             self.trainer.should_stop = True
+            if self.trainer.world_size > 1:  # DDP cannot skip a step: zero gradients everywhere
+                return torch.stack([(p * 0.0).sum() for p in self.parameters()]).sum()
             return None  # skip the update; the run stops with status 'diverged'
         self.train_acc(logits.detach(), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)

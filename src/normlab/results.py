@@ -10,7 +10,35 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
-STATUSES = ("running", "completed", "diverged", "failed")
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+REDACTED = "<redacted>"
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of environment variables whose names look secret (…_KEY, …_TOKEN, …SECRET…).
+
+    Values shorter than 6 characters are ignored (too likely to match ordinary text).
+    """
+    env = os.environ if environ is None else environ
+    values = {
+        v for k, v in env.items() if any(m in k.upper() for m in SECRET_MARKERS) and len(v) >= 6
+    }
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(value: Any, secrets: list[str] | None = None) -> Any:
+    """`value` (str, dict, list) with every secret environment value replaced by <redacted>."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, secrets) for v in value]
+    return value
 
 
 def _clean(value: Any) -> Any:
@@ -31,7 +59,7 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
     path = output_dir / RESULTS_FILE
     fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".results-", suffix=".json")
     with os.fdopen(fd, "w") as handle:
-        json.dump(_clean(results), handle, indent=2, sort_keys=True)
+        json.dump(redact(_clean(results)), handle, indent=2, sort_keys=True)
         handle.write("\n")
     os.replace(tmp, path)
     return path

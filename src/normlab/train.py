@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import traceback
 import warnings
@@ -13,19 +15,29 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 
-from normlab.callbacks import MetricHistory, ThroughputMonitor
+from normlab.callbacks import (
+    EpochSeeding,
+    FitSummary,
+    MetricHistory,
+    ReconcileNormBuffers,
+    StopAfterEpochs,
+    ThroughputMonitor,
+)
 from normlab.console import print_config
 from normlab.data import ImageDataModule, build_datamodule
 from normlab.lit import Classifier
 from normlab.models import build_model
 from normlab.norms import norm_factory
-from normlab.norms.population import iter_population_layers
 from normlab.optim import scaled_lr
-from normlab.results import write_results
-from normlab.stats.evaluate import domain_shift_accuracy, train_test_gap
+from normlab.results import redact, write_results
+from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.stats.setup import diagnostics_callback, statistics_callbacks
+
+SUMMARY_FILE = ".fit_summary.json"
+DIAGNOSTICS_FILE = "diagnostics.json"
 
 
 def norm_params(norm_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
@@ -52,15 +64,107 @@ def run_axes(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def device_count(trainer_cfg: DictConfig) -> int:
+    """Processes per node: `devices` as a count, a list of ids, or -1/'auto' (all GPUs)."""
+    devices = trainer_cfg.get("devices", 1)
+    gpu = trainer_cfg.get("accelerator") in ("gpu", "cuda")
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, list | ListConfig):
+        return len(devices)
+    if isinstance(devices, str) and devices.strip(",").isdigit():
+        return int(devices.strip(","))
+    return max(1, torch.cuda.device_count()) if gpu else 1
+
+
 def world_size(cfg: DictConfig) -> int:
-    """Processes that train together (devices x nodes) when devices is a count."""
-    devices = cfg.trainer.get("devices", 1)
+    """Processes that train together: devices per node x nodes."""
     nodes = int(cfg.trainer.get("num_nodes", 1) or 1)
-    return (devices if isinstance(devices, int) and devices > 0 else 1) * nodes
+    return device_count(cfg.trainer) * nodes
+
+
+def check_devices(trainer_cfg: DictConfig) -> None:
+    """Refuse, before any work, more devices than this machine has."""
+    accelerator = trainer_cfg.get("accelerator", "cpu")
+    wanted = trainer_cfg.get("devices", 1)
+    if accelerator in ("gpu", "cuda"):
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise ValueError(
+                f"trainer.accelerator={accelerator} but no GPU is visible; "
+                "use trainer=cpu or trainer=ddp_cpu"
+            )
+        if isinstance(wanted, int) and wanted > available:
+            raise ValueError(f"trainer.devices={wanted} but only {available} GPU(s) are visible")
+    elif accelerator == "cpu" and isinstance(wanted, int) and wanted > (os.cpu_count() or 1):
+        raise ValueError(
+            f"trainer.devices={wanted} CPU processes but this machine has only "
+            f"{os.cpu_count()} CPU cores"
+        )
+
+
+def trainer_args(cfg: DictConfig) -> dict[str, Any]:
+    """Lightning Trainer arguments from `cfg.trainer`.
+
+    Under SLURM with several tasks (hydra/launcher=slurm, one task per GPU) each task already
+    is one rank, so ddp_spawn becomes ddp: Lightning then reads the ranks from SLURM and
+    relaunches nothing.
+    """
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(args, dict)
+    if args.get("strategy") == "ddp_spawn" and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        args["strategy"] = "ddp"
+    return {str(k): v for k, v in args.items()}
+
+
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, Lightning's own SIGUSR1 requeue is switched off: submitit (the Hydra
+    launcher) requeues the job and normlab resumes from checkpoints/last.ckpt, one mechanism."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return []
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
+def process_rank() -> int:
+    """This process's global rank from the launcher's environment (0 for a spawn parent)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint to resume from.
+
+    `ckpt_path=last`: the run folder's checkpoints/last.ckpt (an error if there is none);
+    `ckpt_path=<file>`: that file; `ckpt_path=null` with `resume=true` (the default):
+    checkpoints/last.ckpt when it exists (a requeued or re-run job), else a fresh start.
+    """
+    last = output_dir / "checkpoints" / "last.ckpt"
+    requested = cfg.get("ckpt_path")
+    if requested == "last":
+        if not last.is_file():
+            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist")
+        return str(last)
+    if requested:
+        if not Path(str(requested)).is_file():
+            raise FileNotFoundError(f"ckpt_path={requested} does not exist")
+        return str(requested)
+    return str(last) if cfg.get("resume", True) and last.is_file() else None
+
+
+def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:
+    """Ask every layer that can tell (normlab norms) whether it trains at this per-device batch."""
+    for module in model.modules():
+        check = getattr(module, "check_batch_size", None)
+        if callable(check):
+            check(batch_size)
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
-    """CSV (and TensorBoard) loggers writing into the run folder."""
+    """CSV, TensorBoard and W&B loggers writing into the run folder."""
     loggers: list[Logger] = []
     if cfg.logger.get("csv", False):
         loggers.append(CSVLogger(save_dir=str(output_dir), name="csv", version=""))
@@ -68,14 +172,31 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version=""))
+    if cfg.logger.get("wandb", False) and process_rank() == 0:
+        from normlab.wandb_logging import build_wandb_logger
+
+        wandb_logger = build_wandb_logger(cfg, output_dir)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
     return loggers
 
 
 def build_callbacks(
     cfg: DictConfig, output_dir: Path, throughput: ThroughputMonitor, history: MetricHistory
 ) -> list[L.Callback]:
-    """Throughput, metric history, checkpoints and the progress bar the config asks for."""
-    callbacks: list[L.Callback] = [throughput, history]
+    """Throughput, metric history, seeding, buffer reconciliation, checkpoints, progress bar,
+    and the summary rank 0 writes for the main process."""
+    stop_after = cfg.get("debug", {}).get("stop_after_epochs")
+    stopper = StopAfterEpochs(int(stop_after)) if stop_after else None
+    callbacks: list[L.Callback] = [
+        throughput,
+        history,
+        EpochSeeding(int(cfg.seed)),
+        ReconcileNormBuffers(),
+        FitSummary(output_dir / SUMMARY_FILE, history, throughput, stopper),
+    ]
+    if stopper is not None:
+        callbacks.append(stopper)
     ckpt = cfg.callbacks.checkpoint
     if ckpt.get("enabled", True):
         callbacks.append(
@@ -100,29 +221,25 @@ def build_callbacks(
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Train and validate as `cfg` says; always leave results.json in `output_dir`."""
+    """Train and validate as `cfg` says; rank 0 always leaves results.json in `output_dir`."""
     start = time.time()
+    primary = process_rank() == 0
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"status": "running", **run_axes(cfg), "output_dir": str(output_dir)}
-    write_results(output_dir, results)
+    if primary:
+        write_results(output_dir, results)
     try:
-        results.update(_fit(cfg, output_dir))
+        results.update(_fit(cfg, output_dir, primary))
     except Exception as error:
-        results.update(status="failed", error=f"{type(error).__name__}: {error}")
-        (output_dir / "error.log").write_text(traceback.format_exc())
+        results.update(status="failed", error=redact(f"{type(error).__name__}: {error}"))
+        if primary:
+            (output_dir / "error.log").write_text(redact(traceback.format_exc()))
         raise
     finally:
         results["wall_s"] = round(time.time() - start, 3)
-        write_results(output_dir, results)
+        if primary:
+            write_results(output_dir, results)
     return results
-
-
-def check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
-    """Let every norm layer refuse, before training, a per-device batch it cannot normalize."""
-    for module in model.modules():
-        check = getattr(module, "check_batch_size", None)
-        if callable(check):
-            check(batch_size)
 
 
 def build_target_domain(cfg: DictConfig, source: ImageDataModule) -> ImageDataModule | None:
@@ -143,14 +260,29 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch").propagate = False
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
 
 
-def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+def read_summary(output_dir: Path) -> dict[str, Any]:
+    """What rank 0 recorded at the end of fit (see FitSummary); removed once read."""
+    path = output_dir / SUMMARY_FILE
+    if not path.exists():
+        raise RuntimeError(f"training ended without writing {path}")
+    summary = json.loads(path.read_text())
+    path.unlink()
+    return summary
+
+
+def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, Any]:
     quiet_lightning()
+    check_devices(cfg.trainer)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if cfg.get("print_config", True):
+    if cfg.get("print_config", True) and primary:
         print_config(cfg)
-    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    if primary:
+        resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+        OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
 
     name, params = norm_params(cfg.norm)
     norm = norm_factory(name, **params)
@@ -159,6 +291,9 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     model = build_model(
         cfg.model, norm, datamodule.num_classes, datamodule.in_channels, datamodule.image_size
     )
+    check_norm_batch_size(model, int(cfg.batch_size))
+    target = build_target_domain(cfg, datamodule)
+    ckpt_path = resume_checkpoint(cfg, output_dir)
     world = world_size(cfg)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
     global_batch = int(cfg.batch_size) * world * accumulate
@@ -174,38 +309,70 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    check_batch_size(model, int(cfg.batch_size))
-    target = build_target_domain(cfg, datamodule)
     throughput = ThroughputMonitor(int(cfg.batch_size), world)
     history = MetricHistory()
-    diagnostics = diagnostics_callback(cfg, output_dir)
-    callbacks = build_callbacks(cfg, output_dir, throughput, history)
-    callbacks += [*statistics_callbacks(cfg), diagnostics]
+    loggers = build_loggers(cfg, output_dir)
+    args = trainer_args(cfg)
+    plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),  # type: ignore[arg-type]
-        logger=build_loggers(cfg, output_dir) or False,
-        callbacks=callbacks,
+        **args,
+        plugins=plugins or None,
+        logger=loggers or False,
+        callbacks=[
+            *build_callbacks(cfg, output_dir, throughput, history),
+            *statistics_callbacks(cfg),
+            diagnostics_callback(cfg, output_dir),
+        ],
         default_root_dir=str(output_dir),
         enable_model_summary=False,
+        enable_progress_bar=cfg.callbacks.get("progress", "rich") != "none",
     )
+    hparams = {"lr": lr, "global_batch_size": global_batch, "world_size": world, **run_axes(cfg)}
     for logger in trainer.loggers:
-        logger.log_hyperparams({"lr": lr, "global_batch_size": global_batch, **run_axes(cfg)})
-    trainer.fit(module, datamodule=datamodule)
+        logger.log_hyperparams(redact(hparams))
+    if ckpt_path and primary:
+        print(f"normlab: resuming from {ckpt_path}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if not primary:
+        return {}
 
-    metrics = trainer.callback_metrics
-    train_loss = metrics.get("train/loss_epoch")
-    status = "diverged" if module.diverged else "completed"
-    extra: dict[str, Any] = {}
-    if diagnostics.enabled and not module.diverged:
-        extra["diagnostics"] = diagnostics.summary()
-        if any(True for _ in iter_population_layers(model)):
-            extra["diagnostics"]["train_test_gap"] = train_test_gap(
-                model, datamodule.val_dataloader(), module.device
-            )
-        plot = diagnostics.save_plot()
-        extra["diagnostics"]["plot"] = plot.name if plot else None
-    if target is not None and not module.diverged:
-        extra["domain_shift"] = {
+    summary = read_summary(output_dir)
+    history_epochs = summary["history"]
+    status = (
+        "diverged"
+        if summary["diverged"]
+        else "interrupted"
+        if summary["interrupted"]
+        else "completed"
+    )
+    results = {
+        "status": status,
+        "diverged": summary["diverged"],
+        "divergence_reason": summary["divergence_reason"],
+        "val_acc": _last(history_epochs, "val/acc"),
+        "best_val_acc": max(_values(history_epochs, "val/acc"), default=None),
+        "val_loss": _last(history_epochs, "val/loss"),
+        "val_acc5": _last(history_epochs, "val/acc5"),
+        "train_loss": summary["train_loss"],
+        "epochs": summary["epochs"],
+        "steps": summary["steps"],
+        "train_images_per_s": summary["train_images_per_s"],
+        "global_batch_size": global_batch,
+        "lr": lr,
+        "world_size": world,
+        "resumed_from": ckpt_path,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "history": history_epochs,
+        "precise_bn_samples": int(cfg.precise_bn.num_samples),
+        "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),
+        "eval_stats": str(cfg.eval_stats),
+        "eval_alpha": float(cfg.eval_alpha),
+    }
+    diagnostics = read_diagnostics(output_dir)
+    if diagnostics:
+        results["diagnostics"] = diagnostics
+    if target is not None and status == "completed":
+        results["domain_shift"] = {
             "data": OmegaConf.to_container(cfg.precise_bn.data, resolve=True),
             **domain_shift_accuracy(
                 model,
@@ -216,26 +383,24 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 module.device,
             ),
         }
-    return {
-        **extra,
-        "precise_bn_samples": int(cfg.precise_bn.num_samples),
-        "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),
-        "eval_stats": str(cfg.eval_stats),
-        "eval_alpha": float(cfg.eval_alpha),
-        "status": status,
-        "diverged": module.diverged,
-        "divergence_reason": module.divergence_reason or None,
-        "val_acc": history.last("val/acc"),
-        "best_val_acc": history.best("val/acc"),
-        "val_loss": history.last("val/loss"),
-        "val_acc5": history.last("val/acc5"),
-        "train_loss": float(train_loss) if train_loss is not None else None,
-        "epochs": trainer.current_epoch,
-        "steps": trainer.global_step,
-        "train_images_per_s": throughput.images_per_second,
-        "global_batch_size": global_batch,
-        "lr": lr,
-        "world_size": world,
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "history": history.epochs,
-    }
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            from normlab.wandb_logging import log_results_table
+
+            log_results_table(logger, results)
+    return results
+
+
+def _values(epochs: list[dict[str, float]], key: str) -> list[float]:
+    return [e[key] for e in epochs if e.get(key) is not None]
+
+
+def _last(epochs: list[dict[str, float]], key: str) -> float | None:
+    values = _values(epochs, key)
+    return values[-1] if values else None
+
+
+def read_diagnostics(output_dir: Path) -> dict[str, Any]:
+    """What the diagnostics monitor left in the run folder (it runs in the training process)."""
+    path = output_dir / DIAGNOSTICS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -6,10 +6,32 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from normlab.data.corruptions import corrupt
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset, channel_stats, take_subset
+
+
+class EpochRandomSampler(RandomSampler):
+    """Shuffles with a permutation that depends only on (seed, epoch).
+
+    Lightning calls `set_epoch` before each training epoch, so a resumed run serves epoch e in
+    the same order as an uninterrupted one. A RandomSampler subclass, so that under DDP
+    Lightning still swaps it for its own per-epoch seeded DistributedSampler.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+        super().__init__(data_source)  # type: ignore[arg-type]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of training epoch `epoch`."""
+        self.epoch = epoch
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 @dataclass
@@ -59,10 +81,14 @@ class ImageDataModule(L.LightningDataModule):
                 )
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        # The shuffle order comes from EpochRandomSampler and the loader's own generator (worker
+        # base seeds) never touches the global RNG, which normlab reseeds every epoch for the
+        # augmentations: with num_workers=0 a resumed run replays batches exactly.
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=EpochRandomSampler(dataset, self.options.seed) if train else None,
+            generator=torch.Generator().manual_seed(self.options.seed),
             drop_last=train,  # a batch of one must never reach a BatchNorm
             num_workers=self.options.num_workers,
             persistent_workers=self.options.num_workers > 0,

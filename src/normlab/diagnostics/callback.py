@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from normlab.diagnostics.probe import LayerRecord, gradient_norms, probe_layers, summarize  # noqa: E402
+from normlab.norms.population import iter_population_layers  # noqa: E402
+from normlab.stats.evaluate import train_test_gap  # noqa: E402
 
 PLOTTED = ("collapse_ratio", "instance_ratio", "instance_std_cv", "act_std")
 
@@ -75,6 +78,21 @@ class DiagnosticsMonitor(L.Callback):
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write diagnostics.json and diagnostics.png into the run folder (rank zero only)."""
+        if not self.history or not trainer.is_global_zero:
+            return
+        summary = self.summary()
+        model = pl_module.model  # type: ignore[attr-defined]
+        if any(True for _ in iter_population_layers(model)) and not getattr(
+            pl_module, "diverged", False
+        ):
+            loader = trainer.datamodule.val_dataloader()  # type: ignore[attr-defined]
+            summary["train_test_gap"] = train_test_gap(model, loader, pl_module.device)
+        plot = self.save_plot()
+        summary["plot"] = plot.name if plot else None
+        (self.output_dir / "diagnostics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """The last measurement by depth, for results.json (empty when off)."""

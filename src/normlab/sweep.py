@@ -1,0 +1,50 @@
+"""Hydra callback that closes a multirun with one line: how many jobs completed, failed, diverged.
+
+Configured under `hydra.callbacks` in conf/hydra/default.yaml; it reads only the results.json
+files of the sweep folder, as reports do, so it works with every launcher.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from normlab.results import RESULTS_FILE
+
+
+def sweep_statuses(sweep_dir: Path) -> Counter[str]:
+    """Count the `status` of every results.json under `sweep_dir` (unreadable ones: 'missing')."""
+    counts: Counter[str] = Counter()
+    for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
+        try:
+            counts[str(json.loads(path.read_text()).get("status", "missing"))] += 1
+        except (OSError, ValueError):
+            counts["missing"] += 1
+    return counts
+
+
+def summary_line(sweep_dir: Path, jobs: int | None = None) -> str:
+    """'normlab: sweep finished: N jobs: a completed, b failed, c diverged (...) in <dir>'."""
+    counts = sweep_statuses(sweep_dir)
+    total = jobs if jobs is not None else sum(counts.values())
+    missing = max(0, total - sum(counts.values())) + counts.pop("missing", 0)
+    parts = [f"{counts.pop(s, 0)} {s}" for s in ("completed", "failed", "diverged")]
+    parts += [f"{n} {s}" for s, n in sorted(counts.items())]
+    if missing:
+        parts.append(f"{missing} without results")
+    return f"normlab: sweep finished: {total} jobs: {', '.join(parts)}; results in {sweep_dir}"
+
+
+class SweepSummary(Callback):
+    """Print the summary line when a multirun ends."""
+
+    def __init__(self) -> None:
+        self.jobs: int | None = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print(summary_line(Path(str(config.hydra.sweep.dir))), flush=True)

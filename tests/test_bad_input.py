@@ -1,0 +1,70 @@
+"""Bad input ends with one 'normlab: error: ...' line and a non-zero exit, before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_train
+
+FAST = ["trainer.max_epochs=1", "+data.train_samples=64", "logger=none"]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("normlab: error:")]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["norm=nosuchnorm"], "unknown norm 'nosuchnorm'; valid choices:"),
+        (["nosuchkey=1"], "unknown config key 'nosuchkey' (to add a new key write +nosuchkey=...)"),
+        (["batch_size=abc"], "batch_size must be an integer, got 'abc'"),
+        (["optim.lr=fast"], "optim.lr must be a number, got 'fast'"),
+        (["batch_size=[1"], "no viable alternative at input '[1'"),
+    ],
+)
+def test_config_errors_are_one_line_before_hydra(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = run_train([*FAST, *args], tmp_path)
+    assert result.returncode == 2
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"normlab: error: {expected}"), result.stderr
+    assert "HYDRA_FULL_ERROR" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before Hydra made a run folder
+
+
+def test_sweep_value_of_wrong_type_is_refused_before_any_job(tmp_path: Path) -> None:
+    result = run_train([*FAST, "batch_size=8,x", "-m"], tmp_path)
+    assert result.returncode == 2
+    assert _error_lines(result.stderr) == ["normlab: error: batch_size must be an integer, got 'x'"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["norm=bn", "batch_size=1"], "cannot train with a per-device batch of 1"),
+        (
+            ["data=folder", "data.root=/nonexistent/normlab"],
+            "data.root=/nonexistent/normlab does not exist",
+        ),
+        (["trainer.devices=64"], "trainer.devices=64 CPU processes but this machine has only"),
+        (["trainer=gpu"], "no GPU is visible"),
+    ],
+)
+def test_run_errors_are_one_line_before_training(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    if "trainer=gpu" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible")
+    result = run_train([*FAST, *args], tmp_path)
+    assert result.returncode == 1
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no training step ran

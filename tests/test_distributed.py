@@ -1,0 +1,70 @@
+"""DDP on two CPU processes (gloo): buffer reconciliation, global batch and lr, rank-0 outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from conftest import run_train
+from normlab.callbacks import average_across_ranks, batch_dependent_buffers
+from normlab.norms import build_norm
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(build_norm("bn", 4, activation="relu"), build_norm("gn", 4, groups=2))
+
+
+def test_batch_dependent_buffers_are_the_running_statistics_of_bn_only() -> None:
+    model = _model()
+    buffers = batch_dependent_buffers(model)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert {id(b) for b in buffers} == {id(bn.running_mean), id(bn.running_var)}
+
+
+def _average_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _model()
+    for buffer in batch_dependent_buffers(model):
+        buffer.fill_(float(rank + 1))
+    average_across_ranks(batch_dependent_buffers(model))
+    torch.save([b.clone() for b in batch_dependent_buffers(model)], f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_running_buffers_are_averaged_across_two_gloo_ranks(tmp_path: Path) -> None:
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_average_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        for buffer in torch.load(tmp_path / f"{rank}.pt", weights_only=True):
+            torch.testing.assert_close(buffer, torch.full_like(buffer, 1.5))
+
+
+def test_ddp_cpu_run_writes_one_result_with_global_batch_and_scaled_lr(tmp_path: Path) -> None:
+    args = [
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "+data.train_samples=128",
+        "+data.val_samples=64",
+        "trainer.num_sanity_val_steps=0",
+        "batch_size=16",
+        "optim.lr=0.1",
+        "optim.ref_batch_size=256",
+    ]
+    result = run_train(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert (results["world_size"], results["global_batch_size"]) == (2, 32)
+    assert abs(results["lr"] - 0.1 * 32 / 256) < 1e-12
+    assert results["steps"] == 128 // 32  # each rank sees half of the data per step
+    assert result.stdout.count("normlab: completed") == 1  # only rank 0 reports
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no extra folders per rank
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()

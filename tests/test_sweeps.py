@@ -1,0 +1,46 @@
+"""Multirun sweeps survive failing and diverging jobs and end with one summary line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_train
+
+TINY = [
+    "trainer.max_epochs=1",
+    "+data.train_samples=64",
+    "+data.val_samples=64",
+    "trainer.num_sanity_val_steps=0",
+    "model=resnet20",
+    "logger=none",
+]
+
+
+def _statuses(sweep: Path) -> dict[str, str]:
+    return {
+        p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json")
+    }
+
+
+def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> None:
+    # 4 jobs: (1e4, 16) completes; batch_size=0 fails (jobs 1, 3); loss threshold 1e-9 diverges.
+    result = run_train(
+        [*TINY, "divergence.loss_threshold=1e4,1e-9", "batch_size=16,0", "-m"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = _statuses(tmp_path / "sweep")
+    assert statuses == {"0": "completed", "1": "failed", "2": "diverged", "3": "failed"}
+    failed = json.loads((tmp_path / "sweep" / "1" / "results.json").read_text())
+    assert "batch_size must be >= 1" in failed["error"]
+    assert "sweep finished: 4 jobs: 1 completed, 2 failed, 1 diverged" in result.stdout
+
+
+@pytest.mark.slow  # several train processes: ~40 s on 2 busy cores
+def test_submitit_local_sweep_completes(tmp_path: Path) -> None:
+    result = run_train(["hydra/launcher=submitit_local", *TINY, "norm=bn,gn", "-m"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _statuses(tmp_path / "sweep") == {"0": "completed", "1": "completed"}
+    assert "2 jobs: 2 completed, 0 failed, 0 diverged" in result.stdout

@@ -1,0 +1,43 @@
+"""W&B: offline runs, one run id per run folder (resume continues it), failures only warn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_train
+
+TINY = [
+    "trainer.max_epochs=1",
+    "+data.train_samples=64",
+    "+data.val_samples=64",
+    "trainer.num_sanity_val_steps=0",
+    "logger=wandb",
+]
+
+
+@pytest.mark.slow  # several train processes: ~40 s on 2 busy cores
+def test_offline_run_keeps_its_id_across_a_resume(tmp_path: Path) -> None:
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": ""}
+    first = run_train(TINY, tmp_path, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    assert len(run_id) == 8
+    assert (run_dir / "csv" / "metrics.csv").exists()  # csv stays on beside W&B
+    assert "W&B disabled" not in first.stderr
+
+    second = run_train([*TINY, "trainer.max_epochs=2"], tmp_path, env=env)  # auto-resume
+    assert second.returncode == 0, second.stderr[-2000:]
+    runs = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(run_id) for name in runs)  # same W&B run
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2
+
+
+def test_online_without_key_warns_once_and_trains(tmp_path: Path) -> None:
+    result = run_train(TINY, tmp_path, env={"WANDB_MODE": "online", "WANDB_API_KEY": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("normlab: warning: W&B disabled") == 1
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
