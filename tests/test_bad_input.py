@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_train
+from tests.helpers import run_train
 
-FAST = ["trainer.max_epochs=1", "+data.train_samples=64", "logger=none"]
+FAST = ["trainer.max_epochs=1", "data.train_samples=64", "logger=none"]
 
 
 def _error_lines(stderr: str) -> list[str]:

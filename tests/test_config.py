@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from normlab.cli import check_group_overrides, group_choices, register_resolvers
-from tests.conftest import CONF_DIR
+from tests.helpers import CONF_DIR
 
 register_resolvers()
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")

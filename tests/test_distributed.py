@@ -11,9 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import run_train
 from normlab.callbacks import average_across_ranks, batch_dependent_buffers
 from normlab.norms import build_norm
+from tests.helpers import run_train
 
 
 def _model() -> nn.Module:
@@ -50,8 +50,8 @@ def test_ddp_cpu_run_writes_one_result_with_global_batch_and_scaled_lr(tmp_path:
     args = [
         "trainer=ddp_cpu",
         "trainer.max_epochs=1",
-        "+data.train_samples=128",
-        "+data.val_samples=64",
+        "data.train_samples=128",
+        "data.val_samples=64",
         "trainer.num_sanity_val_steps=0",
         "batch_size=16",
         "optim.lr=0.1",

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from conftest import run_train
+from tests.helpers import run_train
 
 SMALL = [
     "trainer.max_epochs=2",
-    "+data.train_samples=128",
-    "+data.val_samples=64",
+    "data.train_samples=128",
+    "data.val_samples=64",
     "trainer.num_sanity_val_steps=0",
     "model=resnet20",
     "batch_size=32",
@@ -51,7 +51,7 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
     wa, wb = _weights(tmp_path / "full" / "run"), _weights(tmp_path / "resumed" / "run")
     assert wa.keys() == wb.keys()
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6)
 
 
 def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from conftest import run_train
+from tests.helpers import run_train
 
 SECRETS = {"WANDB_API_KEY": "secret-xyz-123", "NORMLAB_TEST_TOKEN": "tok-abc-98765"}
 TINY = [
     "trainer.max_epochs=1",
-    "+data.train_samples=64",
-    "+data.val_samples=64",
+    "data.train_samples=64",
+    "data.val_samples=64",
     "trainer.num_sanity_val_steps=0",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_train
+from tests.helpers import run_train
 
 AXES = ("norm", "batch_size", "model", "data", "seed", "devices")
 REQUIRED = (

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_train
+from tests.helpers import run_train
 
 TINY = [
     "trainer.max_epochs=1",
-    "+data.train_samples=64",
-    "+data.val_samples=64",
+    "data.train_samples=64",
+    "data.val_samples=64",
     "trainer.num_sanity_val_steps=0",
     "logger=wandb",
 ]

@@ -199,17 +199,7 @@ def build_callbacks(
         callbacks.append(stopper)
     ckpt = cfg.callbacks.checkpoint
     if ckpt.get("enabled", True):
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(output_dir / "checkpoints"),
-                filename="best",
-                monitor="val/acc",
-                mode="max",
-                save_top_k=1 if ckpt.get("save_best", True) else 0,
-                save_last=bool(ckpt.get("save_last", True)),
-                auto_insert_metric_name=False,
-            )
-        )
+        callbacks.extend(checkpoint_callbacks(output_dir / "checkpoints", ckpt))
     progress = cfg.callbacks.get("progress", "rich")
     if progress == "rich":
         callbacks.append(RichProgressBar())
@@ -217,6 +207,32 @@ def build_callbacks(
         callbacks.append(TQDMProgressBar())
     elif progress != "none":
         raise ValueError(f"callbacks.progress must be rich, tqdm or none, got '{progress}'")
+    return callbacks
+
+
+def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpoint]:
+    """best.ckpt (highest val/acc) and last.ckpt (rewritten after every epoch, for resume).
+
+    Two callbacks, because Lightning's own save_last only rewrites last.ckpt in an epoch that
+    also saved a top-k checkpoint, which would resume a preempted run from a stale epoch."""
+    callbacks = []
+    if ckpt.get("save_best", True):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(directory),
+                filename="best",
+                monitor="val/acc",
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+            )
+        )
+    if ckpt.get("save_last", True):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(directory), filename="last", save_top_k=1, enable_version_counter=False
+            )
+        )
     return callbacks
 
 

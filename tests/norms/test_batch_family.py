@@ -54,9 +54,9 @@ def data(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
 
 
 def affine(layer: nn.Module, xhat: Tensor, x: Tensor) -> Tensor:
-    if hasattr(layer, "gamma"):  # iebn
+    if hasattr(layer, "gate_weight"):  # iebn: gamma * gate scales x_hat
         gate = torch.sigmoid(layer.gate_weight * x.mean((2, 3), keepdim=True) + layer.gate_bias)
-        return xhat * layer.gamma.view(1, -1, 1, 1) * gate + layer.beta.view(1, -1, 1, 1)
+        return xhat * layer.weight.view(1, -1, 1, 1) * gate + layer.bias.view(1, -1, 1, 1)
     return xhat * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_train
+from tests.helpers import run_train
 
 
 def test_run_with_population_statistics_options(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_alpha_is_chosen_on_held_out_training_samples(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     proc = run_train(
         [

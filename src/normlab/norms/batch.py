@@ -49,7 +49,7 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats):
         """Normalize `x` per channel as `stats_mode` says, then apply the given affine."""
         mode = self.stats_mode
         if mode == "ema":
-            return super().forward(x)
+            return self._ema_batch_norm(x, weight, bias)
         if mode == "population":
             return F.batch_norm(
                 x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
@@ -58,6 +58,19 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats):
             mean, ex2 = moments(x, (0, 2, 3))
             self._record(x.numel() // x.shape[1], mean, ex2)
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+
+    def _ema_batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """torch's BatchNorm2d forward with the affine given (not necessarily this module's own):
+        batch statistics and an EMA (or cumulative, momentum None) update in training."""
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else float(self.momentum)
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, weight, bias, self.training, factor, self.eps
+        )
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         assert self.running_mean is not None and self.running_var is not None

@@ -3,7 +3,8 @@ arXiv 1908.04008; official code gbup-group/IEBN).
 
 x_hat = BN without affine (torch BN buffers, momentum 0.1, eps 1e-5); a per-instance,
 per-channel gate a = sigmoid(gate_weight * GAP(x) + gate_bias) on the input's global average
-pool; y = x_hat * (gamma * a) + beta. Init gamma = 1, beta = 0, gate_weight = 0, gate_bias = -1,
+pool; y = x_hat * (gamma * a) + beta, with gamma and beta held as BN's weight and bias (so
+initializers that set a BatchNorm2d's weight to 1, as timm's do, keep IEBN's init). Init gamma = 1, beta = 0, gate_weight = 0, gate_bias = -1,
 so at init every gate is sigmoid(-1) ~ 0.269.
 """
 
@@ -20,20 +21,20 @@ class InstanceEnhancementBatchNorm2d(BatchNorm2d):
     """IEBN: affine-free BN (with the stats modes of bn) scaled by a per-instance GAP gate."""
 
     def __init__(self, num_channels: int, momentum: float | None, eps: float) -> None:
-        super().__init__(num_channels, eps=eps, momentum=momentum, affine=False)
-        self.gamma = nn.Parameter(torch.ones(num_channels))
-        self.beta = nn.Parameter(torch.zeros(num_channels))
+        # BN's own affine parameters serve as gamma (weight) and beta (bias); the normalization
+        # itself runs without them, and the gate multiplies gamma.
+        super().__init__(num_channels, eps=eps, momentum=momentum, affine=True)
         self.gate_weight = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
         self.gate_bias = nn.Parameter(torch.full((1, num_channels, 1, 1), -1.0))
 
     def forward(self, x: Tensor) -> Tensor:
         x_hat = self.batch_norm(x, None, None)
         gate = torch.sigmoid(self.gate_weight * x.mean(dim=(2, 3), keepdim=True) + self.gate_bias)
-        y = x_hat * (self.gamma.view(1, -1, 1, 1) * gate) + self.beta.view(1, -1, 1, 1)
+        y = x_hat * (self.weight.view(1, -1, 1, 1) * gate) + self.bias.view(1, -1, 1, 1)
         return y.to(x.dtype)
 
     def zero_init_(self) -> None:
-        nn.init.zeros_(self.gamma)
+        nn.init.zeros_(self.weight)
 
 
 @register_norm(

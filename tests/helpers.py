@@ -1,0 +1,41 @@
+"""Helpers shared by tests: repository paths and running train.py as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+
+
+def run_train(
+    args: list[str], tmp_path: Path, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python train.py <args>` as a subprocess with outputs under tmp_path, quiet progress."""
+    full_env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "33554432",
+        "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    }
+    full_env.update(env or {})
+    base = [
+        sys.executable,
+        str(REPO_ROOT / "train.py"),
+        f"hydra.run.dir={tmp_path}/run",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "callbacks.progress=none",
+        "print_config=false",
+    ]
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.run(
+        base[:2] + flags + base[2:] + overrides,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
