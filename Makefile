@@ -28,10 +28,10 @@ train: $(STAMP) ## run the default job (real digits data, CPU); extra overrides 
 	$(BIN)/python train.py $(ARGS)
 
 test: $(STAMP) ## run the fast test suite
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(ARGS)
 
 test-all: $(STAMP) ## run every test, the slow ones too
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
 sweep: $(STAMP) ## example multirun: BN vs GN at two batch sizes on digits
 	$(BIN)/python train.py -m norm=bn,gn batch_size=4,32 $(ARGS)

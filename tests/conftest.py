@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,14 @@ import torch
 
 from tests.helpers import REPO_ROOT
 
-# Two threads, as on the CI machine; keeps per-test timings predictable.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two threads, as on the CI machine; one per worker when pytest-xdist runs tests in parallel
+# (`make test` runs two workers), inherited by the train.py subprocesses: oversubscribed
+# OpenMP threads would slow every test several-fold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

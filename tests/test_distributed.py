@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -27,6 +28,12 @@ def test_batch_dependent_buffers_are_the_running_statistics_of_bn_only() -> None
     assert {id(b) for b in buffers} == {id(bn.running_mean), id(bn.running_var)}
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _average_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -39,7 +46,7 @@ def _average_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_running_buffers_are_averaged_across_two_gloo_ranks(tmp_path: Path) -> None:
-    port = 29500 + os.getpid() % 1000
+    port = _free_port()
     mp.spawn(_average_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         for buffer in torch.load(tmp_path / f"{rank}.pt", weights_only=True):

@@ -34,3 +34,26 @@ def test_report_counts_statuses_and_tabulates_completed_runs(tmp_path: Path) -> 
     outputs = write_report(tmp_path)
     assert outputs["plot"].stat().st_size > 1000
     assert "6 (4 completed, 1 diverged, 1 failed)" in outputs["table"].read_text()
+
+
+def test_report_splits_rows_by_a_varied_statistics_axis_and_shows_domain_shift(
+    tmp_path: Path,
+) -> None:
+    for index, (samples, acc) in enumerate([(0, 0.6), (1000, 0.7)]):
+        write_results(
+            tmp_path / str(index),
+            {
+                "status": "completed",
+                "norm": "bn",
+                "batch_size": 8,
+                "momentum": 0.1,
+                "precise_bn_samples": samples,
+                "best_val_acc": acc,
+                "domain_shift": {"target_acc_source_stats": 0.3, "target_acc_target_stats": 0.5},
+            },
+        )
+    table = accuracy_table(collect_results(tmp_path))
+    assert table.index.names == ["norm", "precise_bn_samples"]
+    assert table.loc[("bn", "0"), 8] == 60.0 and table.loc[("bn", "1000"), 8] == 70.0
+    text = write_report(tmp_path)["table"].read_text()
+    assert "shifted domain" in text and "re-estimated" in text and "50.0" in text

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import run_train
 
 TINY = [
@@ -38,7 +36,6 @@ def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> N
     assert "sweep finished: 4 jobs: 1 completed, 2 failed, 1 diverged" in result.stdout
 
 
-@pytest.mark.slow  # several train processes: ~40 s on 2 busy cores
 def test_submitit_local_sweep_completes(tmp_path: Path) -> None:
     result = run_train(["hydra/launcher=submitit_local", *TINY, "norm=bn,gn", "-m"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

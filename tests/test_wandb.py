@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import run_train
 
 TINY = [
@@ -18,7 +16,6 @@ TINY = [
 ]
 
 
-@pytest.mark.slow  # several train processes: ~40 s on 2 busy cores
 def test_offline_run_keeps_its_id_across_a_resume(tmp_path: Path) -> None:
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": ""}
     first = run_train(TINY, tmp_path, env=env)

@@ -30,7 +30,16 @@ COLUMNS = [
     "steps",
     "wall_s",
     "train_images_per_s",
+    "precise_bn_samples",
+    "frozen_bn_last_epochs",
+    "eval_stats",
+    "eval_alpha",
+    "shift_acc_source_stats",
+    "shift_acc_target_stats",
 ]
+
+# Axes besides norm and batch size that become rows of the table when a sweep varies them.
+STATS_AXES = ["momentum", "precise_bn_samples", "frozen_bn_last_epochs", "eval_stats", "eval_alpha"]
 
 
 def collect_results(folder: Path) -> pd.DataFrame:
@@ -42,6 +51,9 @@ def collect_results(folder: Path) -> pd.DataFrame:
         except json.JSONDecodeError:
             record = {"status": "unreadable"}
         record["run"] = str(path.parent.relative_to(folder)) or "."
+        shift = record.get("domain_shift") or {}
+        record["shift_acc_source_stats"] = shift.get("target_acc_source_stats")
+        record["shift_acc_target_stats"] = shift.get("target_acc_target_stats")
         rows.append(record)
     if not rows:
         raise FileNotFoundError(f"no {RESULTS_FILE} below {folder}")
@@ -57,20 +69,44 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in frame["status"].value_counts().items()}
 
 
+def varied_axes(frame: pd.DataFrame) -> list[str]:
+    """The statistics axes (EMA momentum, PreciseBN samples, ...) that differ between runs."""
+    return [
+        axis
+        for axis in STATS_AXES
+        if axis in frame and frame[axis].astype(str).nunique(dropna=False) > 1
+    ]
+
+
 def accuracy_table(frame: pd.DataFrame, value: str = "best_val_acc") -> pd.DataFrame:
-    """Mean `value` (in %) per norm (rows) and batch size (columns) over completed runs and seeds."""
-    done = frame[frame["status"] == "completed"]
+    """Mean `value` (in %) per norm (rows; with any varied statistics axis) and batch size
+    (columns) over completed runs and seeds."""
+    done = frame[(frame["status"] == "completed") & frame[value].notna()]
     if done.empty:
         return pd.DataFrame()
-    table = done.pivot_table(index="norm", columns="batch_size", values=value, aggfunc="mean") * 100
-    return table.round(2)
+    index = ["norm", *varied_axes(done)]
+    done = done.assign(**{axis: done[axis].astype(str) for axis in index[1:]})
+    table = done.pivot_table(index=index, columns="batch_size", values=value, aggfunc="mean")
+    return (table * 100).round(2)
+
+
+def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Shifted-domain accuracy (%) with the source statistics and re-estimated ones, per norm and
+    batch size, where runs measured it (precise_bn.data)."""
+    done = frame[frame["shift_acc_source_stats"].notna()]
+    if done.empty:
+        return pd.DataFrame()
+    columns = ["shift_acc_source_stats", "shift_acc_target_stats"]
+    table = done.groupby(["norm", "batch_size"])[columns].mean() * 100
+    return table.rename(columns={columns[0]: "source stats", columns[1]: "re-estimated"}).round(2)
 
 
 def plot_accuracy(table: pd.DataFrame, path: Path, ylabel: str = "best val accuracy (%)") -> Path:
     """Accuracy vs per-device batch size, one line per norm (the GN paper's Figure 1 shape)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for norm, row in table.iterrows():
-        ax.plot(row.index.astype(int), row.values, marker="o", label=str(norm))
+    for label, row in table.iterrows():
+        name = " ".join(map(str, label)) if isinstance(label, tuple) else str(label)
+        ax.plot(row.index.astype(int), row.values, marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size per device")
     ax.set_ylabel(ylabel)
@@ -91,6 +127,9 @@ def write_report(folder: Path) -> dict[str, Path]:
     counts = ", ".join(f"{v} {k}" for k, v in status_counts(frame).items())
     text = f"runs: {len(frame)} ({counts})\n\n"
     text += table.to_string() if not table.empty else "no completed runs yet"
+    shifted = shift_table(frame)
+    if not shifted.empty:
+        text += "\n\naccuracy on the shifted domain (%)\n" + shifted.to_string()
     outputs["table"].write_text(text + "\n")
     if not table.empty and table.shape[1] > 1:
         outputs["plot"] = plot_accuracy(table, folder / "accuracy.png")

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tarfile
 from pathlib import Path
@@ -44,11 +45,16 @@ def ensure_shared_cifar10(cache_dir: Path | None = None) -> Path:
             "$NORMLAB_SHARED_DATA); with network, use data=cifar10 data.download=true instead"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(root.parent, filter="data")
-    if not (root / "train").is_dir():
-        raise FileNotFoundError(f"{archive} did not unpack into {root}/train")
-    marker.touch()
+    # One unpacking at a time: parallel test workers or sweep jobs may all ask at once.
+    with open(root.parent / ".cifar10.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():
+            return root
+        with tarfile.open(archive) as tar:
+            tar.extractall(root.parent, filter="data")
+        if not (root / "train").is_dir():
+            raise FileNotFoundError(f"{archive} did not unpack into {root}/train")
+        marker.touch()
     return root
 
 
