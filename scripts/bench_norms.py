@@ -1,5 +1,8 @@
 """Forward+backward time of every registered norm, as a ratio to BatchNorm2d measured in the
-same run (CPU or GPU). Usage: python scripts/bench_norms.py [--shape 32 64 32 32] [--device cpu]."""
+same run (CPU or GPU): the norm layer alone, and a 3x3 convolution followed by the norm (the
+only way to time cbn, whose compensation goes through its convolution's weights; cbn is timed
+with a full window after burn-in).
+Usage: python scripts/bench_norms.py [--shape 32 64 32 32] [--device cpu]."""
 
 from __future__ import annotations
 
@@ -32,20 +35,44 @@ def time_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: in
     return sorted(times)[len(times) // 2]
 
 
+def conv_then_norm(name: str, channels: int, device: str) -> torch.nn.Module:
+    """A 3x3 conv followed by the norm; a cbn is bound to the conv and its window filled."""
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    params = {"burnin_steps": 0} if name == "cbn" else {}
+    activation = "relu" if name in ACTIVATION_FUSING else None
+    norm = build_norm(name, channels, activation=activation, **params)
+    if getattr(norm, "needs_conv", False):
+        norm.bind_conv(conv)
+    return torch.nn.Sequential(conv, norm).to(device)
+
+
+def fill_window(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Run enough training steps for a cbn's window of past iterations to be full."""
+    for module in model.modules():
+        if hasattr(module, "on_optimizer_step"):
+            for _ in range(int(getattr(module, "window", 1))):
+                model(x).sum().backward()
+                module.on_optimizer_step()
+
+
 def bench(
-    shape: tuple[int, int, int, int], device: str, repeats: int
+    shape: tuple[int, int, int, int], device: str, repeats: int, with_conv: bool = False
 ) -> list[tuple[str, float, float]]:
-    """(name, seconds, ratio to bn) for every norm that can train on a plain input."""
+    """(name, seconds, ratio to bn) for every norm (cbn only `with_conv`)."""
     x = torch.randn(*shape, device=device)
     rows = []
     reference = None
     for name in ["bn", *[n for n in available_norms() if n != "bn"]]:
         try:
-            layer = build_norm(
-                name, shape[1], activation="relu" if name in ACTIVATION_FUSING else None
-            ).to(device)
-            if getattr(layer, "needs_conv", False):
-                continue  # CBN needs its conv: measured in model-level benchmarks
+            if with_conv:
+                layer = conv_then_norm(name, shape[1], device).train()
+                fill_window(layer, x)
+            else:
+                layer = build_norm(
+                    name, shape[1], activation="relu" if name in ACTIVATION_FUSING else None
+                ).to(device)
+                if getattr(layer, "needs_conv", False):
+                    continue  # timed in the conv+norm table
             seconds = time_layer(layer.train(), x, repeats)
         except ValueError as error:
             print(f"skip {name}: {error}")
@@ -61,15 +88,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    rows = bench(tuple(args.shape), args.device, args.repeats)
-    table = Table(
-        title=f"forward+backward, shape {tuple(args.shape)}, {args.device}, {torch.get_num_threads()} threads"
-    )
-    for column in ("norm", "ms", "x bn"):
-        table.add_column(column, justify="right")
-    for name, seconds, ratio in rows:
-        table.add_row(name, f"{seconds * 1e3:.2f}", f"{ratio:.2f}")
-    Console().print(table)
+    where = f"shape {tuple(args.shape)}, {args.device}, {torch.get_num_threads()} threads"
+    for with_conv, what in ((False, "norm alone"), (True, "3x3 conv + norm")):
+        rows = bench(tuple(args.shape), args.device, args.repeats, with_conv)
+        table = Table(title=f"forward+backward, {what}, {where}")
+        for column in ("norm", "ms", "x bn"):
+            table.add_column(column, justify="right")
+        for name, seconds, ratio in rows:
+            table.add_row(name, f"{seconds * 1e3:.2f}", f"{ratio:.2f}")
+        Console().print(table)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class Classifier(L.LightningModule):
                 return torch.stack([(p * 0.0).sum() for p in self.parameters()]).sum()
             return None  # skip the update; the run stops with status 'diverged'
         self.train_acc(logits.detach(), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
