@@ -16,7 +16,7 @@ SMALL = [
     "trainer.num_sanity_val_steps=0",
     "model=resnet20",
     "batch_size=32",
-    "logger=none",
+    "logger=csv",
 ]
 
 
@@ -48,6 +48,9 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
     assert len(b["history"]) == 2  # the epoch before the interruption is kept
     for key in ("val_loss", "val_acc"):
         assert abs(a[key] - b[key]) < 1e-6, key
+    csv = tmp_path / "resumed" / "run" / "csv"
+    assert "\n0," in (csv / "metrics.csv").read_text(), "epoch 0 metrics kept after the resume"
+    assert "\n1," in (csv / "resumed_1" / "metrics.csv").read_text()
     wa, wb = _weights(tmp_path / "full" / "run"), _weights(tmp_path / "resumed" / "run")
     assert wa.keys() == wb.keys()
     for name in wa:

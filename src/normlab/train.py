@@ -163,11 +163,24 @@ def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:
             check(batch_size)
 
 
+def csv_version(output_dir: Path) -> str:
+    """'' (csv/metrics.csv) for a fresh run; a resumed run that finds earlier metrics writes
+    csv/resumed_<k>/metrics.csv instead, since Lightning's CSV logger would overwrite them."""
+    if not (output_dir / "csv" / "metrics.csv").exists():
+        return ""
+    k = 1
+    while (output_dir / "csv" / f"resumed_{k}").exists():
+        k += 1
+    return f"resumed_{k}"
+
+
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """CSV, TensorBoard and W&B loggers writing into the run folder."""
     loggers: list[Logger] = []
     if cfg.logger.get("csv", False):
-        loggers.append(CSVLogger(save_dir=str(output_dir), name="csv", version=""))
+        loggers.append(
+            CSVLogger(save_dir=str(output_dir), name="csv", version=csv_version(output_dir))
+        )
     if cfg.logger.get("tensorboard", False):
         from lightning.pytorch.loggers import TensorBoardLogger
 
