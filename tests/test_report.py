@@ -52,8 +52,14 @@ def test_report_splits_rows_by_a_varied_statistics_axis_and_shows_domain_shift(
                 "domain_shift": {"target_acc_source_stats": 0.3, "target_acc_target_stats": 0.5},
             },
         )
+    write_results(  # another norm with its own default momentum: not a varied axis
+        tmp_path / "2",
+        {"status": "completed", "norm": "gn", "batch_size": 8, "momentum": None,
+         "precise_bn_samples": 0, "best_val_acc": 0.5},
+    )  # fmt: skip
     table = accuracy_table(collect_results(tmp_path))
     assert table.index.names == ["norm", "precise_bn_samples"]
+    assert table.loc[("gn", "0"), 8] == 50.0
     assert table.loc[("bn", "0"), 8] == 60.0 and table.loc[("bn", "1000"), 8] == 70.0
     text = write_report(tmp_path)["table"].read_text()
     assert "shifted domain" in text and "re-estimated" in text and "50.0" in text

@@ -70,12 +70,16 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def varied_axes(frame: pd.DataFrame) -> list[str]:
-    """The statistics axes (EMA momentum, PreciseBN samples, ...) that differ between runs."""
-    return [
-        axis
-        for axis in STATS_AXES
-        if axis in frame and frame[axis].astype(str).nunique(dropna=False) > 1
-    ]
+    """The statistics axes (EMA momentum, PreciseBN samples, ...) that differ between runs of
+    the same norm (not merely between norms with different defaults)."""
+    varied = []
+    for axis in STATS_AXES:
+        if axis not in frame:
+            continue
+        per_norm = frame[axis].astype(str).groupby(frame["norm"]).nunique()
+        if (per_norm > 1).any():
+            varied.append(axis)
+    return varied
 
 
 def accuracy_table(frame: pd.DataFrame, value: str = "best_val_acc") -> pd.DataFrame:
