@@ -16,6 +16,7 @@ from normlab.norms import available_norms, get_norm_spec, is_norm_layer, norm_fa
 SMALL_BATCH = {"ghost_bn": {"ghost_batch_size": 2}}
 MODELS = [
     {"name": "resnet20"},
+    {"name": "resnet20", "preact": True},
     {"name": "resnet18"},
     {"source": "timm", "name": "resnet50"},
     {"source": "timm", "name": "resnetv2_50"},
@@ -31,7 +32,11 @@ def test_every_issue_method_is_registered() -> None:
 
 
 @pytest.mark.parametrize(
-    "model_cfg", MODELS, ids=lambda c: c["name"] + ("_timm" if "source" in c else "")
+    "model_cfg",
+    MODELS,
+    ids=lambda c: (
+        c["name"] + ("_timm" if "source" in c else "") + ("_preact" if c.get("preact") else "")
+    ),
 )
 @pytest.mark.parametrize("name", available_norms())
 def test_method_builds_into_backbone_with_no_foreign_norm(name: str, model_cfg: dict) -> None:
