@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from normlab.norms import available_norms, build_norm
+from normlab.norms import available_norms, build_norm, notify_optimizer_step
 
 ACTIVATION_FUSING = {"proxy_ln", "proxy_gn", "evonorm_s0", "frn"}
 
@@ -35,12 +35,16 @@ def time_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: in
     return sorted(times)[len(times) // 2]
 
 
-def conv_then_norm(name: str, channels: int, device: str) -> torch.nn.Module:
-    """A 3x3 conv followed by the norm; a cbn is bound to the conv and its window filled."""
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-    params = {"burnin_steps": 0} if name == "cbn" else {}
+def bench_norm(name: str, channels: int, **params: object) -> torch.nn.Module:
+    """The norm as a model uses it: methods that include the activation get a ReLU."""
     activation = "relu" if name in ACTIVATION_FUSING else None
-    norm = build_norm(name, channels, activation=activation, **params)
+    return build_norm(name, channels, activation=activation, **params)
+
+
+def conv_then_norm(name: str, channels: int, device: str) -> torch.nn.Module:
+    """A 3x3 conv followed by the norm; a cbn is bound to the conv (no burn-in)."""
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    norm = bench_norm(name, channels, **({"burnin_steps": 0} if name == "cbn" else {}))
     if getattr(norm, "needs_conv", False):
         norm.bind_conv(conv)
     return torch.nn.Sequential(conv, norm).to(device)
@@ -48,11 +52,11 @@ def conv_then_norm(name: str, channels: int, device: str) -> torch.nn.Module:
 
 def fill_window(model: torch.nn.Module, x: torch.Tensor) -> None:
     """Run enough training steps for a cbn's window of past iterations to be full."""
-    for module in model.modules():
-        if hasattr(module, "on_optimizer_step"):
-            for _ in range(int(getattr(module, "window", 1))):
-                model(x).sum().backward()
-                module.on_optimizer_step()
+    window = max((int(getattr(m, "window", 1)) for m in model.modules()), default=1)
+    if any(hasattr(m, "on_optimizer_step") for m in model.modules()):
+        for _ in range(window):
+            model(x).sum().backward()
+            notify_optimizer_step(model)
 
 
 def bench(
@@ -68,9 +72,7 @@ def bench(
                 layer = conv_then_norm(name, shape[1], device).train()
                 fill_window(layer, x)
             else:
-                layer = build_norm(
-                    name, shape[1], activation="relu" if name in ACTIVATION_FUSING else None
-                ).to(device)
+                layer = bench_norm(name, shape[1]).to(device)
                 if getattr(layer, "needs_conv", False):
                     continue  # timed in the conv+norm table
             seconds = time_layer(layer.train(), x, repeats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,10 @@ def run_train(
         timeout=timeout,
         env=full_env,
     )
+
+
+def free_port() -> int:
+    """A TCP port on localhost nobody listens on, for a gloo rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from torch import nn
 
 from normlab.callbacks import average_across_ranks, batch_dependent_buffers
 from normlab.norms import build_norm
-from tests.helpers import run_train
+from tests.helpers import free_port, run_train
 
 
 def _model() -> nn.Module:
@@ -26,12 +25,6 @@ def test_batch_dependent_buffers_are_the_running_statistics_of_bn_only() -> None
     buffers = batch_dependent_buffers(model)
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert {id(b) for b in buffers} == {id(bn.running_mean), id(bn.running_var)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _average_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -46,7 +39,7 @@ def _average_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_running_buffers_are_averaged_across_two_gloo_ranks(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     mp.spawn(_average_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         for buffer in torch.load(tmp_path / f"{rank}.pt", weights_only=True):
@@ -81,7 +74,7 @@ def _precise_bn_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_precise_bn_gives_identical_global_statistics_on_two_gloo_ranks(tmp_path: Path) -> None:
-    mp.spawn(_precise_bn_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_precise_bn_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     mean0, var0 = torch.load(tmp_path / "0.pt", weights_only=True)
     mean1, var1 = torch.load(tmp_path / "1.pt", weights_only=True)
     torch.testing.assert_close(mean0, mean1, rtol=0, atol=0)

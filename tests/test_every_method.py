@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from normlab.models import build_model
 from normlab.models.timm_backbone import foreign_norm_layers
-from normlab.norms import available_norms, get_norm_spec, is_norm_layer, norm_factory
+from normlab.norms import (
+    available_norms,
+    get_norm_spec,
+    is_norm_layer,
+    norm_factory,
+    notify_optimizer_step,
+)
 
 # Parameters that make a method usable at the tiny test batch of 2 or 4.
 SMALL_BATCH = {"ghost_bn": {"ghost_batch_size": 2}}
@@ -88,9 +94,7 @@ def test_method_trains_resnet20_on_cifar10(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        for module in model.modules():
-            if hasattr(module, "on_optimizer_step"):
-                module.on_optimizer_step()
+        notify_optimizer_step(model)
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:3]) / 3, f"{name}: loss did not fall: {losses}"

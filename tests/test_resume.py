@@ -54,7 +54,7 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
     wa, wb = _weights(tmp_path / "full" / "run"), _weights(tmp_path / "resumed" / "run")
     assert wa.keys() == wb.keys()
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
+from normlab.norms import notify_optimizer_step
 from normlab.optim import build_optimizer, lr_lambda
 
 
@@ -79,10 +80,7 @@ class Classifier(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then tell stateful layers (CBN's window) that an optimizer step happened."""
         super().optimizer_step(*args, **kwargs)
-        for module in self.model.modules():
-            hook = getattr(module, "on_optimizer_step", None)
-            if callable(hook):
-                hook()
+        notify_optimizer_step(self.model)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim_cfg, self.lr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import tempfile
 
 import pytest
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 from normlab.models import build_model
 from normlab.norms.population import batch_dependent_layers, set_stats_mode
 from normlab.norms.registry import build_norm, norm_factory
+from tests.helpers import free_port
 
 C = 4
 # Small configurations: (params, batch) valid for C=4 channels.
@@ -488,12 +488,6 @@ def test_resnet20_forward_backward(name: str) -> None:
 # --------------------------------------------------------------------------- syncbn
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sync_worker(rank: int, world: int, init: str, sizes: list[int], out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -523,7 +517,7 @@ def _sync_worker(rank: int, world: int, init: str, sizes: list[int], out_dir: st
 @pytest.mark.parametrize("sizes", [[4, 4], [3, 5]])
 def test_syncbn_two_processes_equals_bn_on_concatenation(sizes: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        init = f"tcp://127.0.0.1:{_free_port()}"
+        init = f"tcp://127.0.0.1:{free_port()}"
         mp.spawn(_sync_worker, args=(2, init, sizes, tmp), nprocs=2, join=True)
         parts = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
     bn = make("bn")

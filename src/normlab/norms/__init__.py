@@ -1,6 +1,12 @@
 """Normalization layers behind one registry: `build_norm(name, num_channels, activation, **params)`."""
 
-from normlab.norms.base import NormAct, NormLayer, is_norm_layer, zero_init_norm_
+from normlab.norms.base import (
+    NormAct,
+    NormLayer,
+    is_norm_layer,
+    notify_optimizer_step,
+    zero_init_norm_,
+)
 from normlab.norms.registry import (
     NormFactory,
     NormSpec,
@@ -24,5 +30,6 @@ __all__ = [
     "norm_factory",
     "register_norm",
     "validate_norm_params",
+    "notify_optimizer_step",
     "zero_init_norm_",
 ]

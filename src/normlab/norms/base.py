@@ -65,3 +65,12 @@ def zero_init_norm_(module: nn.Module) -> None:
         module.zero_init_()
     elif isinstance(getattr(module, "weight", None), nn.Parameter):
         nn.init.zeros_(module.weight)
+
+
+def notify_optimizer_step(model: nn.Module) -> None:
+    """Tell the stateful layers of `model` (CBN's window of past iterations) that an optimizer
+    step happened; call it after every optimizer.step() outside normlab's LightningModule."""
+    for module in model.modules():
+        hook = getattr(module, "on_optimizer_step", None)
+        if callable(hook):
+            hook()

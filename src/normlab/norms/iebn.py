@@ -4,8 +4,9 @@ arXiv 1908.04008; official code gbup-group/IEBN).
 x_hat = BN without affine (torch BN buffers, momentum 0.1, eps 1e-5); a per-instance,
 per-channel gate a = sigmoid(gate_weight * GAP(x) + gate_bias) on the input's global average
 pool; y = x_hat * (gamma * a) + beta, with gamma and beta held as BN's weight and bias (so
-initializers that set a BatchNorm2d's weight to 1, as timm's do, keep IEBN's init). Init gamma = 1, beta = 0, gate_weight = 0, gate_bias = -1,
-so at init every gate is sigmoid(-1) ~ 0.269.
+initializers that set a BatchNorm2d's weight to 1, as timm's do, keep IEBN's init).
+Init gamma = 1, beta = 0, gate_weight = 0, gate_bias = -1, so at init every gate is
+sigmoid(-1) ~ 0.269.
 """
 
 from __future__ import annotations
