@@ -67,13 +67,15 @@ def test_method_builds_into_backbone_with_no_foreign_norm(name: str, model_cfg: 
 
 @pytest.fixture(scope="module")
 def cifar_batch(cifar10_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """One fixed batch of 32 real CIFAR-10 training images (augmented once, then held fixed)."""
+    """One fixed batch of 32 real CIFAR-10 training images, augmented once under a fixed seed (the
+    augmentation draws from the global RNG, whose state would otherwise depend on test order)."""
     from normlab.data import build_datamodule
 
     datamodule = build_datamodule(
         {"name": "folder", "root": str(cifar10_root), "train_samples": 64}, 32
     )
     datamodule.setup()
+    torch.manual_seed(100)
     return next(iter(datamodule.train_dataloader()))
 
 
@@ -81,19 +83,25 @@ def cifar_batch(cifar10_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def test_method_trains_resnet20_on_cifar10(
     name: str, cifar_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    """40 SGD steps (gradients clipped at norm 1, no warm-up needed) on one fixed real batch:
-    every method must be able to fit it; a method whose gradients do not flow stays at ~2.3."""
+    """40 SGD steps (gradients clipped at norm 1, learning rate 0.1 annealed to 0 by a cosine so
+    the last steps settle instead of oscillating) on one fixed real batch: every method must be able
+    to fit it; a method whose gradients do not flow stays at ~2.3. Over 6 augmentation seeds and
+    1 or 2 threads the worst last-5/first-3 loss ratio was 0.67 (iebn); with a constant 0.05 the
+    LN loss spiked late on another CPU and the ratio depended on floating-point noise."""
     images, labels = cifar_batch
     torch.manual_seed(0)
     model = build_model({"name": "resnet20"}, norm_factory(name, **SMALL_BATCH.get(name, {})), 10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    steps = 40
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     losses = []
-    for _ in range(40):
+    for _ in range(steps):
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         notify_optimizer_step(model)
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
