@@ -13,9 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from normlab.norms import available_norms, build_norm, notify_optimizer_step
-
-ACTIVATION_FUSING = {"proxy_ln", "proxy_gn", "evonorm_s0", "frn"}
+from normlab.norms import available_norms, build_norm, get_norm_spec, notify_optimizer_step
 
 
 def time_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3) -> float:
@@ -37,7 +35,7 @@ def time_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: in
 
 def bench_norm(name: str, channels: int, **params: object) -> torch.nn.Module:
     """The norm as a model uses it: methods that include the activation get a ReLU."""
-    activation = "relu" if name in ACTIVATION_FUSING else None
+    activation = "relu" if get_norm_spec(name).fuses_activation else None
     return build_norm(name, channels, activation=activation, **params)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from normlab.models import build_model
 from normlab.models.binding import bind_norms_to_convs
-from normlab.norms import build_norm, norm_factory
+from normlab.norms import build_norm, norm_factory, notify_optimizer_step
 
 
 def conv_cbn(
@@ -198,9 +198,7 @@ def test_cbn_resnet_loss_falls() -> None:
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
-        for m in model.modules():
-            if hasattr(m, "on_optimizer_step"):
-                m.on_optimizer_step()
+        notify_optimizer_step(model)
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert sum(p.numel() for p in model.parameters()) == params_before
