@@ -30,7 +30,7 @@ from normlab.console import print_config
 from normlab.data import ImageDataModule, build_datamodule
 from normlab.lit import Classifier
 from normlab.models import build_model
-from normlab.norms import norm_factory
+from normlab.norms import norm_factory, set_virtual_batch_size
 from normlab.optim import scaled_lr
 from normlab.results import redact, write_results
 from normlab.stats.evaluate import domain_shift_accuracy
@@ -57,11 +57,23 @@ def run_axes(cfg: DictConfig) -> dict[str, Any]:
         "norm_params": params,
         "momentum": params.get("momentum"),
         "batch_size": int(cfg.batch_size),
+        "virtual_devices": virtual_devices(cfg),
         "model": cfg.model.name,
         "data": cfg.data.name,
         "seed": int(cfg.seed),
         "devices": devices if isinstance(devices, int) else str(devices),
     }
+
+
+def virtual_devices(cfg: DictConfig) -> int:
+    """`virtual_devices`: DDP ranks of batch_size emulated in each process (1: off)."""
+    value = cfg.get("virtual_devices", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"virtual_devices must be an int >= 1 (ranks of batch_size emulated in one process), "
+            f"got {value!r}"
+        )
+    return value
 
 
 def device_count(trainer_cfg: DictConfig) -> int:
@@ -108,13 +120,34 @@ def trainer_args(cfg: DictConfig) -> dict[str, Any]:
 
     Under SLURM with several tasks (hydra/launcher=slurm, one task per GPU) each task already
     is one rank, so ddp_spawn becomes ddp: Lightning then reads the ranks from SLURM and
-    relaunches nothing.
+    relaunches nothing. DDP strategies keep each rank's buffers its own (see ddp_strategy).
     """
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(args, dict)
     if args.get("strategy") == "ddp_spawn" and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         args["strategy"] = "ddp"
+    if args.get("strategy") in DDP_START_METHODS:
+        args["strategy"] = ddp_strategy(str(args["strategy"]))
     return {str(k): v for k, v in args.items()}
+
+
+DDP_START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}
+
+
+def ddp_strategy(name: str) -> Any:
+    """Lightning's `name` DDP strategy with broadcast_buffers off.
+
+    torch's DDP default copies rank 0's buffers to every rank before each forward, so every
+    rank's running statistics would be rank 0's EMA with one update of its own: the
+    population statistics would see 1/world of the data, CBN's per-rank windows would be
+    overwritten, and normlab's reconciliation (the mean of the per-rank buffers before every
+    validation and checkpoint) would average nearly identical copies. Each rank keeps its own
+    buffers instead, as each GPU of the papers' multi-GPU runs does, and virtual devices
+    emulate exactly that.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(start_method=DDP_START_METHODS[name], broadcast_buffers=False)
 
 
 def cluster_plugins() -> list[Any]:
@@ -315,17 +348,19 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
 
     name, params = norm_params(cfg.norm)
     norm = norm_factory(name, **params)
-    datamodule = build_datamodule(cfg.data, int(cfg.batch_size), seed=int(cfg.seed))
+    batch_size, virtual = int(cfg.batch_size), virtual_devices(cfg)
+    datamodule = build_datamodule(cfg.data, batch_size, seed=int(cfg.seed), virtual_devices=virtual)
     datamodule.setup("fit")
     model = build_model(
         cfg.model, norm, datamodule.num_classes, datamodule.in_channels, datamodule.image_size
     )
-    check_norm_batch_size(model, int(cfg.batch_size))
+    check_norm_batch_size(model, batch_size)
+    set_virtual_batch_size(model, batch_size if virtual > 1 else None)
     target = build_target_domain(cfg, datamodule)
     ckpt_path = resume_checkpoint(cfg, output_dir)
     world = world_size(cfg)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
-    global_batch = int(cfg.batch_size) * world * accumulate
+    global_batch = batch_size * virtual * world * accumulate
     lr = scaled_lr(float(cfg.optim.lr), global_batch, cfg.optim.get("ref_batch_size"))
     module = Classifier(
         model,
@@ -338,7 +373,7 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
 
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    throughput = ThroughputMonitor(int(cfg.batch_size), world)
+    throughput = ThroughputMonitor(batch_size * virtual, world)
     history = MetricHistory()
     loggers = build_loggers(cfg, output_dir)
     args = trainer_args(cfg)
@@ -349,7 +384,7 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
         logger=loggers or False,
         callbacks=[
             *build_callbacks(cfg, output_dir, throughput, history),
-            *statistics_callbacks(cfg),
+            *statistics_callbacks(cfg, virtual),
             diagnostics_callback(cfg, output_dir),
         ],
         default_root_dir=str(output_dir),
@@ -387,6 +422,7 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
         "steps": summary["steps"],
         "train_images_per_s": summary["train_images_per_s"],
         "global_batch_size": global_batch,
+        "virtual_devices": virtual,
         "lr": lr,
         "world_size": world,
         "resumed_from": ckpt_path,

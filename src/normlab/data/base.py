@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from normlab.data.corruptions import corrupt
+from normlab.data.samplers import VirtualRankSampler
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset, channel_stats, take_subset
 
 
@@ -36,9 +37,10 @@ class EpochRandomSampler(RandomSampler):
 
 @dataclass
 class LoaderOptions:
-    """How batches are served: per-device batch size, workers, seed of the subsets."""
+    """How batches are served: per-device batch size, virtual devices, workers, seeds."""
 
     batch_size: int
+    virtual_devices: int = 1
     eval_batch_size: int | None = None
     num_workers: int = 0
     train_samples: int | None = None
@@ -63,6 +65,8 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         if options.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {options.batch_size}")
+        if options.virtual_devices < 1:
+            raise ValueError(f"virtual_devices must be >= 1, got {options.virtual_devices}")
         self.options = options
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -74,20 +78,43 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set = self.load()
-            if len(self.train_set) < self.options.batch_size:  # type: ignore[arg-type]
+            step = self.options.batch_size * self.options.virtual_devices
+            if len(self.train_set) < step:  # type: ignore[arg-type]
+                what = f"batch_size={self.options.batch_size}" + (
+                    f" x virtual_devices={self.options.virtual_devices}"
+                    if self.options.virtual_devices > 1
+                    else ""
+                )
                 raise ValueError(
-                    f"batch_size={self.options.batch_size} exceeds the {len(self.train_set)} "  # type: ignore[arg-type]
+                    f"{what} exceeds the {len(self.train_set)} "  # type: ignore[arg-type]
                     f"training samples of data={self.name}"
                 )
 
+    def train_sampler(self, dataset: Dataset) -> Sampler[int]:
+        """The training order: (seed, epoch)-seeded shuffling, or with virtual devices what each
+        of the emulated DDP ranks would draw (normlab.data.samplers.VirtualRankSampler)."""
+        if self.options.virtual_devices == 1:
+            return EpochRandomSampler(dataset, self.options.seed)
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        return VirtualRankSampler(
+            dataset,
+            self.options.batch_size,
+            self.options.virtual_devices,
+            num_replicas=world,
+            rank=rank,
+            seed=self.options.seed,
+        )
+
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        # The shuffle order comes from EpochRandomSampler and the loader's own generator (worker
+        # The shuffle order comes from the train sampler and the loader's own generator (worker
         # base seeds) never touches the global RNG, which normlab reseeds every epoch for the
         # augmentations: with num_workers=0 a resumed run replays batches exactly.
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochRandomSampler(dataset, self.options.seed) if train else None,
+            sampler=self.train_sampler(dataset) if train else None,
             generator=torch.Generator().manual_seed(self.options.seed),
             drop_last=train,  # a batch of one must never reach a BatchNorm
             num_workers=self.options.num_workers,
@@ -98,7 +125,8 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         assert self.train_set is not None
-        return self._loader(self.train_set, self.options.batch_size, train=True)
+        step = self.options.batch_size * self.options.virtual_devices
+        return self._loader(self.train_set, step, train=True)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

@@ -32,9 +32,10 @@ def available_datasets() -> list[str]:
 
 
 def build_datamodule(
-    data_cfg: Mapping[str, Any], batch_size: int, seed: int = 0
+    data_cfg: Mapping[str, Any], batch_size: int, seed: int = 0, virtual_devices: int = 1
 ) -> ImageDataModule:
-    """The DataModule `data_cfg` describes, serving per-device batches of `batch_size`."""
+    """The DataModule `data_cfg` describes, serving per-device batches of `batch_size`
+    (training batches of batch_size x virtual_devices, one chunk per virtual device)."""
     cfg = dict(data_cfg)
     name = cfg.pop("name", None)
     if name not in _DATASET_KEYS:
@@ -46,7 +47,7 @@ def build_datamodule(
         valid = ", ".join(sorted(_DATASET_KEYS[name] | _LOADER_KEYS | _SHIFT_KEYS))
         raise ValueError(f"data={name} got unknown option(s) {', '.join(unknown)}; valid: {valid}")
     corruption, severity = cfg.pop("corruption", None), int(cfg.pop("severity", 3) or 3)
-    module = _build(name, cfg, batch_size, seed)
+    module = _build(name, cfg, batch_size, seed, virtual_devices)
     if corruption:
         if not isinstance(module, InMemoryDataModule):
             raise ValueError(
@@ -57,9 +58,12 @@ def build_datamodule(
     return module
 
 
-def _build(name: str, cfg: dict[str, Any], batch_size: int, seed: int) -> ImageDataModule:
+def _build(
+    name: str, cfg: dict[str, Any], batch_size: int, seed: int, virtual_devices: int
+) -> ImageDataModule:
     options = LoaderOptions(
         batch_size=int(batch_size),
+        virtual_devices=int(virtual_devices),
         eval_batch_size=cfg.pop("eval_batch_size", None),
         num_workers=int(cfg.pop("num_workers", 0) or 0),
         train_samples=cfg.pop("train_samples", None),

@@ -17,6 +17,7 @@ from normlab.norms.registry import (
     register_norm,
     validate_norm_params,
 )
+from normlab.norms.virtual import set_virtual_batch_size
 
 __all__ = [
     "NormAct",
@@ -29,6 +30,7 @@ __all__ = [
     "is_norm_layer",
     "norm_factory",
     "register_norm",
+    "set_virtual_batch_size",
     "validate_norm_params",
     "notify_optimizer_step",
     "zero_init_norm_",

@@ -9,15 +9,19 @@ from torch import Tensor, nn
 from normlab.norms.base import NormLayer
 from normlab.norms.population import PopulationStats, moments, population_var
 from normlab.norms.registry import register_norm
+from normlab.norms.virtual import VirtualDevices, chunk_batch_norm, chunks_of
 
 
-class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats):
+class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats, VirtualDevices):
     """torch's BatchNorm2d, marked batch-dependent, with the population-statistics modes.
 
     In "ema" mode this is exactly torch's BatchNorm2d: normalizes with the biased batch variance
     in training; the running variance keeps the unbiased estimate; `momentum=None` keeps a
     cumulative (simple) average. The other stats modes (see normlab.norms.population) go
-    through F.batch_norm without touching the running buffers.
+    through F.batch_norm without touching the running buffers. With `virtual_batch_size` set
+    (virtual devices, normlab.norms.virtual) training and recording normalize each chunk of
+    that many samples on its own, and the running statistics take the mean of the per-chunk
+    updates (the mean of the per-rank buffers under DDP).
     """
 
     batch_dependent = True
@@ -55,13 +59,54 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats):
                 x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
             )
         if mode == "record":
+            if self.virtual_chunks(x) > 1:
+                return self._chunked_record(x, weight, bias)
             mean, ex2 = moments(x, (0, 2, 3))
             self._record(x.numel() // x.shape[1], mean, ex2)
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
 
+    def virtual_chunks(self, x: Tensor) -> int:
+        """How many virtual-device chunks the batch `x` normalizes as (1: the whole batch)."""
+        return chunks_of(x.shape[0], self.virtual_batch_size)
+
+    def _chunked(
+        self, x: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-chunk BN of `x`: (output, per-chunk mean, per-chunk unbiased var)."""
+        self._check_input_dim(x)
+        assert self.virtual_batch_size is not None
+        n, c = x.shape[:2]
+        y, mean, var = chunk_batch_norm(
+            x.reshape(n, c, -1), self.virtual_batch_size, weight, bias, self.eps
+        )
+        return y.view_as(x), mean, var
+
+    def _chunked_record(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        y, mean, var = self._chunked(x, weight, bias)
+        count = x.numel() // x.shape[1] // mean.shape[0]
+        mean64, var64 = mean.double(), var.double() * ((count - 1) / count)
+        self._record(x.numel() // x.shape[1], mean64.mean(0), (var64 + mean64 * mean64).mean(0))
+        return y
+
+    @torch.no_grad()
+    def _update_running_chunks(self, mean: Tensor, var: Tensor) -> None:
+        """One EMA (or cumulative) update with the mean of the per-chunk statistics: the mean
+        of the buffers of ranks that each updated with their own chunk."""
+        if self.running_mean is None or self.running_var is None:
+            return
+        assert self.num_batches_tracked is not None
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.mean(0).to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(var.mean(0).to(self.running_var.dtype), factor)
+
     def _ema_batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         """torch's BatchNorm2d forward with the affine given (not necessarily this module's own):
         batch statistics and an EMA (or cumulative, momentum None) update in training."""
+        if self.training and self.virtual_chunks(x) > 1:
+            y, mean, var = self._chunked(x, weight, bias)
+            self._update_running_chunks(mean, var)
+            return y
         self._check_input_dim(x)
         factor = 0.0 if self.momentum is None else float(self.momentum)
         if self.training and self.num_batches_tracked is not None:

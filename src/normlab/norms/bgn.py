@@ -4,7 +4,8 @@ The (C, H, W) axes are merged and split into G groups; each group is normalized 
 over the batch and the group's elements, i.e. BN over a (N, G, C/G*H*W) view, followed by a
 per-channel affine. Running statistics are per group (torch BN EMA, unbiased running variance).
 Only G <= C with G | C is supported (groups of whole channels), so G = C is exactly BN and the
-evaluation transform stays a foldable per-channel affine.
+evaluation transform stays a foldable per-channel affine. Under virtual devices each chunk of
+`virtual_batch_size` samples is normalized on its own (normlab.norms.virtual).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.batch_group import check_groups
 from normlab.norms.population import PopulationStats, moments, population_var
 from normlab.norms.registry import register_norm
+from normlab.norms.virtual import VirtualDevices, chunk_batch_norm, chunks_of
 
 
-class BatchGroupNormZhou2d(NormLayer, PopulationStats):
+class BatchGroupNormZhou2d(NormLayer, PopulationStats, VirtualDevices):
     """BN over (N, G, C/G*H*W) with per-group running statistics and per-channel affine."""
 
     batch_dependent = True
@@ -46,7 +48,19 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats):
         n = x.shape[0]
         xv = x.reshape(n, self.groups, -1)
         mode = self.stats_mode
-        if mode == "ema" and self.training:
+        batch_stats = mode == "record" or (mode == "ema" and self.training)
+        chunks = self.virtual_chunks(n) if batch_stats else 1
+        if chunks > 1:
+            assert self.virtual_batch_size is not None
+            y, mean, var = chunk_batch_norm(xv, self.virtual_batch_size, None, None, self.eps)
+            if mode == "ema":
+                self._update_running(mean.mean(0), var.mean(0))
+            else:
+                count = xv.numel() // self.groups // chunks
+                m64 = mean.double()
+                ex2 = (var.double() * ((count - 1) / count) + m64 * m64).mean(0)
+                self._record(xv.numel() // self.groups, m64.mean(0), ex2)
+        elif mode == "ema" and self.training:
             self.num_batches_tracked.add_(1)
             factor = (
                 1.0 / float(self.num_batches_tracked.item())
@@ -67,6 +81,18 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats):
             )
         y = y.reshape_as(x)
         return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
+
+    def virtual_chunks(self, batch_size: int) -> int:
+        """How many virtual-device chunks a batch of `batch_size` normalizes as."""
+        return chunks_of(batch_size, self.virtual_batch_size)
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, var: Tensor) -> None:
+        """One EMA (or cumulative) update with the mean of the per-chunk statistics."""
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(var.to(self.running_var.dtype), factor)
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         self.running_mean.copy_(mean)

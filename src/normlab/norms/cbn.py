@@ -36,6 +36,11 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
     """CBN; must be bound to the convolution that produces its input (`bind_conv`)."""
 
     needs_conv = True
+    virtual_devices_refusal = (
+        "cbn (Cross-Iteration BN): each rank compensates its own window of past statistics "
+        "through the conv weights, so emulating k ranks would need k windows and k "
+        "per-chunk weight derivatives; train cbn with virtual_devices=1 (real devices are fine)"
+    )
 
     def __init__(
         self,

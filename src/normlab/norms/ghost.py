@@ -1,12 +1,15 @@
 """Ghost Batch Normalization (Hoffer, Hubara & Soudry, NeurIPS 2017, "Train longer, generalize
 better"): BN over ghost batches of `ghost_batch_size` samples of the per-device batch.
 
-All ghost batches are normalized in one pass over a (N/g, g, C, H, W) view. The running
+All ghost batches are normalized by one native batch_norm kernel on a permuted view
+(normlab.norms.virtual.chunk_batch_norm). The running
 statistics follow the official bigBatch code (one EMA update per ghost batch, in order): for k
 ghost batches with statistics s_0..s_{k-1} the update is applied in closed form,
 r <- (1-m)^k r + sum_j m (1-m)^(k-1-j) s_j, which equals k sequential torch-BN updates
 (unbiased variance per ghost batch, n = g*H*W). momentum=None gives the cumulative average over
-ghost batches, as torch BN does over batches.
+ghost batches, as torch BN does over batches. Under virtual devices the ghost batches lie
+inside each device's chunk (ghost_batch_size must divide batch_size) and the running statistics
+are the mean of what each device's sequence of ghost updates gives.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
-from normlab.norms.population import upcast
 from normlab.norms.registry import register_norm
+from normlab.norms.virtual import chunk_batch_norm
 
 
 class GhostBatchNorm2d(BatchNorm2d):
@@ -48,31 +51,31 @@ class GhostBatchNorm2d(BatchNorm2d):
                 x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
             )
         self.check_batch_size(x.shape[0])
-        in_dtype, x = x.dtype, upcast(x)
-        n, c, h, w = x.shape
+        n, c = x.shape[:2]
         g = self.ghost_batch_size
-        xv = x.reshape(n // g, g, c, h, w)
-        var, mean = torch.var_mean(xv, dim=(1, 3, 4), unbiased=False, keepdim=True)
-        y = ((xv - mean) * torch.rsqrt(var + self.eps)).reshape(n, c, h, w)
-        count = g * h * w
+        y, mean, var = chunk_batch_norm(x.reshape(n, c, -1), g, weight, bias, self.eps)
+        count = x.numel() // c // (n // g)  # elements per ghost batch and channel
         if mode == "record":
-            m = mean.detach().flatten(1).double()
-            self._record(n * h * w, m.mean(0), (var.detach().flatten(1).double() + m * m).mean(0))
+            m64 = mean.double()
+            ex2 = (var.double() * ((count - 1) / count) + m64 * m64).mean(0)
+            self._record(x.numel() // c, m64.mean(0), ex2)
         elif mode == "ema":
-            self._update_running(mean.detach().flatten(1), var.detach().flatten(1), count)
-        if weight is not None:
-            y = y * weight.view(1, -1, 1, 1)
-        if bias is not None:
-            y = y + bias.view(1, -1, 1, 1)
-        return y.to(in_dtype)
+            # Virtual devices: each rank runs the sequential updates of its own ghost batches;
+            # the mean of the ranks' buffers is the sequence of updates with ghost j's
+            # statistics averaged over the ranks.
+            ranks = self.virtual_chunks(x) if self.training else 1
+            per_rank = mean.shape[0] // ranks
+            self._update_running(
+                mean.view(ranks, per_rank, c).mean(0), var.view(ranks, per_rank, c).mean(0)
+            )
+        return y.view_as(x)
 
     @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, count: int) -> None:
+    def _update_running(self, mean: Tensor, unbiased: Tensor) -> None:
         """Apply k = mean.shape[0] sequential EMA (or cumulative) updates in closed form."""
         if self.running_mean is None or self.running_var is None:
             return
         k = mean.shape[0]
-        unbiased = var * (count / max(count - 1, 1))
         assert self.num_batches_tracked is not None
         done = int(self.num_batches_tracked.item()) if self.momentum is None else 0
         self.num_batches_tracked.add_(k)

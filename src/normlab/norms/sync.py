@@ -84,7 +84,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
 
 class SyncBatchNorm2d(BatchNorm2d):
-    """BN whose batch statistics span all ranks of the default process group."""
+    """BN whose batch statistics span all ranks of the default process group.
+
+    Under virtual devices it normalizes over all chunks of the process's batch at once: it is
+    synchronized across the virtual ranks as across the real ones.
+    """
+
+    def virtual_chunks(self, x: Tensor) -> int:
+        return 1
 
     def batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         mode = self.stats_mode

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import lightning as L
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from normlab.norms.batch import BatchNorm2d
 from normlab.norms.batch_group import BatchGroupNorm2d
 from normlab.norms.population import iter_population_layers
+from normlab.norms.virtual import set_virtual_batch_size, virtual_batch_size_of
 from normlab.stats.precise_bn import update_population_stats
 
 
@@ -28,27 +32,64 @@ def training_loader(datamodule: L.LightningDataModule, batch_size: int, seed: in
 
 class PreciseBNCallback(L.Callback):
     """Before each validation (hence also after the last epoch), recompute the population
-    statistics over `num_samples` training samples in batches of `batch_size`."""
+    statistics over `num_samples` training samples in batches of `batch_size`.
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0) -> None:
+    With `virtual_devices` k > 1 each loader batch holds k batches of `batch_size`, and every
+    batch-dependent layer takes per-chunk statistics of `batch_size` samples (what k ranks each
+    estimating with batches of `batch_size` would record), at the speed of the larger batch.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int = 0, virtual_devices: int = 1
+    ) -> None:
         if batch_size < 2:
             raise ValueError(f"precise_bn.batch_size must be >= 2, got {batch_size}")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
+        self.virtual_devices = virtual_devices
         self.updates = 0
 
     def recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Run PreciseBN now on the trainer's training data."""
+        model = pl_module.model  # type: ignore[attr-defined]
         loader = training_loader(
-            trainer.datamodule, self.batch_size, self.seed + trainer.current_epoch
-        )  # type: ignore[attr-defined]
-        update_population_stats(pl_module.model, loader, self.num_samples)  # type: ignore[attr-defined]
+            trainer.datamodule,  # type: ignore[attr-defined]
+            self.batch_size * self.virtual_devices,
+            self.seed + trainer.current_epoch,
+        )
+        if self.virtual_devices == 1:
+            update_population_stats(model, loader, self.num_samples)
+        else:
+            training_chunk = virtual_batch_size_of(model)
+            set_virtual_batch_size(model, self.batch_size)
+            try:
+                batches = whole_chunks(loader, self.batch_size, self.num_samples)
+                update_population_stats(model, batches, self.num_samples)
+            finally:
+                set_virtual_batch_size(model, training_chunk)
         self.updates += 1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.recompute(trainer, pl_module)
+
+
+def whole_chunks(
+    batches: Iterable[tuple[Tensor, Tensor]], chunk: int, num_samples: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The loader's batches cut to whole chunks of `chunk` samples, so a partial last batch (or
+    the last of `num_samples`) never splits a device's batch; a remainder below one chunk is
+    served alone (one device's partial batch)."""
+    remaining = num_samples
+    for inputs, targets in batches:
+        if remaining <= 0:
+            return
+        take = min(len(inputs), remaining)
+        if take >= chunk:
+            take -= take % chunk
+        yield inputs[:take], targets[:take]
+        remaining -= take
 
 
 class FrozenBNCallback(L.Callback):

@@ -11,15 +11,18 @@ from normlab.diagnostics.callback import DiagnosticsMonitor
 from normlab.stats.callbacks import EvalStatsCallback, FrozenBNCallback, PreciseBNCallback
 
 
-def statistics_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """PreciseBN, FrozenBN and evaluation-statistics callbacks (none when all are off)."""
+def statistics_callbacks(cfg: DictConfig, virtual_devices: int = 1) -> list[L.Callback]:
+    """PreciseBN, FrozenBN and evaluation-statistics callbacks (none when all are off); under
+    virtual devices PreciseBN estimates with per-chunk statistics at precise_bn.batch_size."""
     callbacks: list[L.Callback] = []
     precise: PreciseBNCallback | None = None
     num_samples = int(cfg.precise_bn.num_samples)
     if num_samples < 0:
         raise ValueError(f"precise_bn.num_samples must be >= 0, got {num_samples}")
     if num_samples > 0:
-        precise = PreciseBNCallback(num_samples, int(cfg.precise_bn.batch_size), seed=int(cfg.seed))
+        precise = PreciseBNCallback(
+            num_samples, int(cfg.precise_bn.batch_size), int(cfg.seed), virtual_devices
+        )
         callbacks.append(precise)
     if int(cfg.frozen_bn.last_epochs) > 0:
         callbacks.append(
