@@ -78,18 +78,20 @@ class PreciseBNCallback(L.Callback):
 def whole_chunks(
     batches: Iterable[tuple[Tensor, Tensor]], chunk: int, num_samples: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """The loader's batches cut to whole chunks of `chunk` samples, so a partial last batch (or
-    the last of `num_samples`) never splits a device's batch; a remainder below one chunk is
-    served alone (one device's partial batch)."""
+    """The loader's batches cut so that no device's batch of `chunk` samples is split: a batch
+    (or the last of `num_samples`) that ends in a partial chunk serves its whole chunks, then
+    the remainder alone, as one device's partial batch (unless it is a single sample)."""
     remaining = num_samples
     for inputs, targets in batches:
+        take = min(len(inputs), remaining)
+        whole = take - take % chunk
+        if whole:
+            yield inputs[:whole], targets[:whole]
+        if take - whole >= 2:  # a one-sample batch is never used (update_population_stats)
+            yield inputs[whole:take], targets[whole:take]
+        remaining -= take
         if remaining <= 0:
             return
-        take = min(len(inputs), remaining)
-        if take >= chunk:
-            take -= take % chunk
-        yield inputs[:take], targets[:take]
-        remaining -= take
 
 
 class FrozenBNCallback(L.Callback):
