@@ -36,8 +36,8 @@ test-all: $(STAMP) ## run every test, the slow ones too
 sweep: $(STAMP) ## example multirun: BN vs GN at two batch sizes on digits
 	$(BIN)/python train.py -m norm=bn,gn batch_size=4,32 $(ARGS)
 
-bench: $(STAMP) ## speed of every norm relative to BatchNorm2d (CPU)
-	$(BIN)/python scripts/bench_norms.py $(ARGS)
+bench: $(STAMP) ## every benchmark (norms, framework, virtual devices, PreciseBN) -> docs/performance.md
+	$(BIN)/python scripts/performance.py $(ARGS)
 
 report: $(STAMP) ## table + plots of a sweep folder: make report ARGS=multirun/<date>/<time>
 	$(BIN)/python scripts/report.py $(ARGS)
