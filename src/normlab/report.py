@@ -17,6 +17,8 @@ from normlab.results import RESULTS_FILE  # noqa: E402
 COLUMNS = [
     "norm",
     "batch_size",
+    "virtual_devices",
+    "global_batch_size",
     "model",
     "data",
     "seed",
@@ -39,7 +41,14 @@ COLUMNS = [
 ]
 
 # Axes besides norm and batch size that become rows of the table when a sweep varies them.
-STATS_AXES = ["momentum", "precise_bn_samples", "frozen_bn_last_epochs", "eval_stats", "eval_alpha"]
+STATS_AXES = [
+    "virtual_devices",
+    "momentum",
+    "precise_bn_samples",
+    "frozen_bn_last_epochs",
+    "eval_stats",
+    "eval_alpha",
+]
 
 
 def collect_results(folder: Path) -> pd.DataFrame:
