@@ -488,13 +488,15 @@ def test_resnet20_forward_backward(name: str) -> None:
 # --------------------------------------------------------------------------- syncbn
 
 
-def _sync_worker(rank: int, world: int, init: str, sizes: list[int], out_dir: str) -> None:
+def _sync_worker(
+    rank: int, world: int, init: str, sizes: list[int], out_dir: str, dtype: torch.dtype
+) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        layer = make("syncbn")
-        x_all = data(sum(sizes), seed=7)
-        g_all = data(sum(sizes), seed=8)
+        layer = make("syncbn").to(dtype)
+        x_all = data(sum(sizes), seed=7).to(dtype)
+        g_all = data(sum(sizes), seed=8).to(dtype)
         start = sum(sizes[:rank])
         x = x_all[start : start + sizes[rank]].clone().requires_grad_(True)
         y = layer(x)
@@ -514,17 +516,23 @@ def _sync_worker(rank: int, world: int, init: str, sizes: list[int], out_dir: st
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sizes", [[4, 4], [3, 5]])
-def test_syncbn_two_processes_equals_bn_on_concatenation(sizes: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("sizes", "dtype"),
+    [([4, 4], torch.float32), ([3, 5], torch.float32), ([3, 5], torch.float64)],
+)
+def test_syncbn_two_processes_equals_bn_on_concatenation(
+    sizes: list[int], dtype: torch.dtype
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         init = f"tcp://127.0.0.1:{free_port()}"
-        mp.spawn(_sync_worker, args=(2, init, sizes, tmp), nprocs=2, join=True)
+        mp.spawn(_sync_worker, args=(2, init, sizes, tmp, dtype), nprocs=2, join=True)
         parts = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
-    bn = make("bn")
-    x = data(sum(sizes), seed=7).requires_grad_(True)
+    bn = make("bn").to(dtype)
+    x = data(sum(sizes), seed=7).to(dtype).requires_grad_(True)
     y = bn(x)
-    (y * data(sum(sizes), seed=8)).sum().backward()
-    tol = {"rtol": 1e-5, "atol": 1e-5}
+    (y * data(sum(sizes), seed=8).to(dtype)).sum().backward()
+    # float64 gradients stay float64-accurate (the backward once cast its sums to float32)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
     torch.testing.assert_close(torch.cat([p["y"] for p in parts]), y.detach(), **tol)
     torch.testing.assert_close(torch.cat([p["gx"] for p in parts]), x.grad, **tol)
     torch.testing.assert_close(parts[0]["gw"] + parts[1]["gw"], bn.weight.grad, **tol)

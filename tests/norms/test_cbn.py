@@ -204,6 +204,29 @@ def test_cbn_resnet_loss_falls() -> None:
     assert sum(p.numel() for p in model.parameters()) == params_before
 
 
+def test_preactivation_cbn_trains_with_naive_layers() -> None:
+    """Pre-activation blocks: the uncompensated (naive) layers step their window of statistics
+    alone; this raised a zip() length error at the first optimizer step."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="without compensation"):
+        model = build_model(
+            {"name": "resnet20", "preact": True},
+            norm_factory("cbn", window=3, burnin_steps=0),
+            10,
+        )
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        notify_optimizer_step(model)
+        assert torch.isfinite(loss)
+    naive = [m for m in model.modules() if getattr(m, "uncompensated", False)]
+    assert naive and all(int(m.filled) == 2 and m.past_mean.abs().sum() > 0 for m in naive)
+
+
 def test_bad_parameters() -> None:
     with pytest.raises(ValueError, match="window must be an int >= 1"):
         build_norm("cbn", 4, window=0)

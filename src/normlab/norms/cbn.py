@@ -204,11 +204,10 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
             return
         if self.window > 1:
             slot = int(self.head)
-            for buffer, value in zip(
-                (self.past_mean, self.past_sq, self.past_dmean, self.past_dsq, self.past_weight),
-                self._pending,
-                strict=True,
-            ):
+            window: tuple[Tensor, ...] = (self.past_mean, self.past_sq)
+            if not self.uncompensated:  # the naive window holds statistics only
+                window += (self.past_dmean, self.past_dsq, self.past_weight)
+            for buffer, value in zip(window, self._pending, strict=True):
                 buffer[slot].copy_(value)
             self.head.fill_((slot + 1) % (self.window - 1))
             self.filled.fill_(min(int(self.filled) + 1, self.window - 1))

@@ -74,11 +74,12 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         grad_bias = sum_dy.clone() if ctx.needs_input_grad[2] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            sums = torch.stack([sum_dy, sum_dy_xhat]).float()
+            compute = invstd.dtype  # float32 for half inputs, else the input's own precision
+            sums = torch.stack([sum_dy, sum_dy_xhat]).to(compute)
             dist.all_reduce(sums)
             mean_dy = (sums[0] / total).view(1, -1, 1, 1)
             mean_dy_xhat = (sums[1] / total).view(1, -1, 1, 1)
-            scale = (weight.float() * invstd).view(1, -1, 1, 1)
+            scale = (weight.to(compute) * invstd).view(1, -1, 1, 1)
             grad_x = (scale * (grad_y - mean_dy - x_hat * mean_dy_xhat)).to(grad_y.dtype)
         return grad_x, grad_weight, grad_bias, None
 
