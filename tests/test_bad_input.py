@@ -20,6 +20,14 @@ def _error_lines(stderr: str) -> list[str]:
     [
         (["norm=nosuchnorm"], "unknown norm 'nosuchnorm'; valid choices:"),
         (["nosuchkey=1"], "unknown config key 'nosuchkey' (to add a new key write +nosuchkey=...)"),
+        (
+            ["nrom=gn"],
+            "unknown config key 'nrom' (to add a new key write +nrom=...); did you mean 'norm'?",
+        ),
+        (
+            ["optim.lrr=0.1"],
+            "unknown config key 'optim.lrr' (to add a new key write +optim.lrr=...); did you mean 'optim.lr'?",
+        ),
         (["batch_size=abc"], "batch_size must be an integer, got 'abc'"),
         (["optim.lr=fast"], "optim.lr must be a number, got 'fast'"),
         (["batch_size=[1"], "no viable alternative at input '[1'"),

@@ -50,3 +50,13 @@ def test_resume_refuses_a_checkpoint_with_code(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert not marker.exists()
     assert "normlab: error:" in result.stderr and "weights" in result.stderr.lower()
+
+
+def test_results_json_is_readable_by_collaborators(tmp_path: Path) -> None:
+    """results.json is written 0644 like the other outputs (mkstemp alone makes it 0600)."""
+    import stat
+
+    from normlab.results import write_results
+
+    path = write_results(tmp_path, {"status": "running"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -3,6 +3,7 @@ failed jobs recorded without stopping a sweep."""
 
 from __future__ import annotations
 
+import difflib
 import secrets
 import sys
 import warnings
@@ -130,7 +131,7 @@ def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
         _compose(conf_dir, single)
         base = _compose(conf_dir, [o for o in single if _is_group_override(o, conf_dir)])
     except (HydraException, OmegaConfBaseException) as error:
-        return error_line(_describe(error))
+        return error_line(_describe(error) + _suggestion(error, conf_dir, overrides))
     for key, choices in values.items():
         if _is_group_override(f"{key}=", conf_dir) or key.startswith("hydra."):
             continue
@@ -155,6 +156,27 @@ def _describe(error: BaseException) -> str:
     return text.replace(
         "See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details", ""
     )
+
+
+def _suggestion(error: BaseException, conf_dir: Path, overrides: list[str]) -> str:
+    """ "; did you mean 'norm'?" for an unknown key close to a known key or group name."""
+    text = _describe(error)
+    if not text.startswith("unknown config key '"):
+        return ""
+    key = text.split("'")[1]
+    parent, _, leaf = key.rpartition(".")
+    try:
+        groups = [o for o in overrides if _is_group_override(o, conf_dir)]
+        node = _compose(conf_dir, groups)
+    except Exception:  # noqa: BLE001 - a suggestion is optional
+        return ""
+    if parent:
+        node = OmegaConf.select(node, parent)
+    names = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    if not parent:
+        names += [p.name for p in conf_dir.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(leaf, names, n=1)
+    return f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
 
 
 def preflight(args: Sequence[str], conf_dir: Path) -> None:

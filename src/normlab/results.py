@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+RESULTS_MODE = 0o644  # readable by the group and others, like every other output of a run
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 REDACTED = "<redacted>"
@@ -61,6 +62,7 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump(redact(_clean(results)), handle, indent=2, sort_keys=True)
         handle.write("\n")
+    os.chmod(tmp, RESULTS_MODE)  # mkstemp makes it owner-only; collaborators read sweeps
     os.replace(tmp, path)
     return path
 
