@@ -14,11 +14,12 @@ r_max = 1 and d_max = 0 before `warmup_steps`, then linear ramps reaching `r_max
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
-from normlab.norms.population import PopulationStats, population_var, upcast
+from normlab.norms.population import PopulationStats, moments, population_var, upcast
 from normlab.norms.registry import register_norm
 
 
@@ -73,6 +74,31 @@ class BatchRenorm2d(NormLayer, PopulationStats):
         return r, d
 
     def forward(self, x: Tensor) -> Tensor:
+        """Batch Renorm as native batch_norm calls: the stop-gradient r, d fold into the affine
+        (weight gamma*r, bias gamma*d + beta), so training is one batch_norm kernel."""
+        in_dtype, x = x.dtype, upcast(x)
+        mode = self.stats_mode
+        weight, bias = self.weight, self.bias
+        if mode == "population" or (mode == "ema" and not self.training):
+            # (x - mu) / sigma: eval-mode batch_norm with variance sigma^2 and no eps.
+            var = self.running_std.square()
+            y = F.batch_norm(x, self.running_mean, var, weight, bias, False, 0.0, 0.0)
+        elif mode == "ema":
+            with torch.no_grad():
+                var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+                r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
+            y = F.batch_norm(
+                x, None, None, weight * r, torch.addcmul(bias, weight, d), True, 0.0, self.eps
+            )
+        else:
+            if mode == "record":
+                m64, ex2 = moments(x, (0, 2, 3))
+                self._record(x.numel() // x.shape[1], m64, ex2)
+            y = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+        return y.to(in_dtype)
+
+    def _reference_forward(self, x: Tensor) -> Tensor:
+        """The formula written out (the tests compare `forward` with it); same side effects."""
         in_dtype, x = x.dtype, upcast(x)
         mode = self.stats_mode
         if mode == "population" or (mode == "ema" and not self.training):
@@ -90,18 +116,24 @@ class BatchRenorm2d(NormLayer, PopulationStats):
 
     def _renormalize(self, y: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         """Apply the stop-gradient r, d correction and update the moving averages."""
-        with torch.no_grad():
-            r_max, d_max = self.current_limits()
-            r = torch.minimum(torch.maximum(std / self.running_std, 1.0 / r_max), r_max)
-            d = torch.minimum(
-                torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max
-            )
-            self.num_steps.add_(1)
-            # momentum None: cumulative average over the training steps so far.
-            weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
-            self.running_mean.add_(weight * (mean - self.running_mean))
-            self.running_std.add_(weight * (std - self.running_std))
+        r, d = self._renormalize_factors(mean, std)
         return y * r.view(1, -1, 1, 1) + d.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def _renormalize_factors(self, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        """r, d from the batch mean and sigma_B = sqrt(biased var + eps); then update the moving
+        averages and the step count."""
+        r_max, d_max = self.current_limits()
+        r = torch.minimum(torch.maximum(std / self.running_std, 1.0 / r_max), r_max)
+        d = torch.minimum(
+            torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max
+        )
+        self.num_steps.add_(1)
+        # momentum None: cumulative average over the training steps so far.
+        weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
+        self.running_mean.add_(weight * (mean - self.running_mean))
+        self.running_std.add_(weight * (std - self.running_std))
+        return r, d
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         self.running_mean.copy_(mean)

@@ -1,0 +1,109 @@
+"""Every fast forward (native kernels, folded affines, hand-written backward) equals the layer's
+`_reference_forward` (the formula written out): outputs, input and parameter gradients and
+running buffers over several training steps, then evaluation, in float64 and float32."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from normlab.norms import build_norm
+
+SHAPE = (4, 8, 5, 6)
+
+
+def randomize(layer: nn.Module, seed: int = 0) -> None:
+    """Parameters in [0.2, 1) (signs varied for biases), so no term vanishes."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            value = torch.rand(p.shape, generator=g, dtype=p.dtype) * 0.8 + 0.2
+            if "bias" in name:
+                value = value * torch.sign(torch.rand(p.shape, generator=g, dtype=p.dtype) - 0.4)
+            p.copy_(value)
+
+
+def run(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, reference: bool) -> dict:
+    """Output, input gradient, parameter gradients and buffers after one forward+backward."""
+    inp = x.clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    out = layer._reference_forward(inp) if reference else layer(inp)
+    out.backward(grad)
+    result = {"out": out.detach(), "grad_x": inp.grad}
+    result |= {f"grad_{n}": p.grad for n, p in layer.named_parameters()}
+    result |= {f"buffer_{n}": b.clone() for n, b in layer.named_buffers()}
+    return result
+
+
+def assert_same(fast: dict, ref: dict, dtype: torch.dtype, what: str) -> None:
+    tol = {"rtol": 1e-9, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    assert fast.keys() == ref.keys(), what
+    for key in ref:
+        if ref[key] is None:
+            assert fast[key] is None, f"{what}: {key}"
+            continue
+        assert fast[key] is not None, f"{what}: {key} missing"
+        scale = ref[key].abs().max().clamp_min(1.0)
+        torch.testing.assert_close(
+            fast[key] / scale, ref[key] / scale, msg=lambda m, k=key: f"{what} {k}: {m}", **tol
+        )
+
+
+def check_fast_equals_reference(
+    name: str,
+    params: dict[str, Any],
+    activation: str | None = None,
+    dtype: torch.dtype = torch.float64,
+    shape: tuple[int, int, int, int] = SHAPE,
+    steps: int = 3,
+    setup: Any = None,
+) -> None:
+    """Train `steps` forward+backward passes, then one in eval mode, on both paths."""
+    torch.manual_seed(1)
+    layer = build_norm(name, shape[1], activation=activation, **params).to(dtype)
+    randomize(layer)
+    if setup is not None:
+        setup(layer)
+    fast, ref = copy.deepcopy(layer), copy.deepcopy(layer)
+    for step in range(steps + 1):
+        if step == steps:
+            fast.eval(), ref.eval()
+        x = (torch.randn(shape, dtype=dtype) * 2 + 0.5).to(dtype)
+        grad = torch.randn(shape, dtype=dtype)
+        what = f"{name} {params} act={activation} {dtype} step {step}"
+        assert_same(run(fast, x, grad, False), run(ref, x, grad, True), dtype, what)
+
+
+BRN = {"warmup_steps": 0, "r_max_steps": 2, "d_max_steps": 3, "r_max": 1.5, "d_max": 0.5}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("momentum", [0.3, None])
+@pytest.mark.parametrize("mode", ["ema", "batch", "population", "record"])
+def test_brn(dtype: torch.dtype, momentum: float | None, mode: str) -> None:
+    def setup(layer: nn.Module) -> None:
+        with torch.no_grad():
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_std.uniform_(0.5, 3.0)
+        layer.stats_mode = mode
+
+    check_fast_equals_reference("brn", BRN | {"momentum": momentum}, None, dtype, setup=setup)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+@pytest.mark.parametrize("learnable_eps", [False, True])
+def test_frn(dtype: torch.dtype, activation: str | None, learnable_eps: bool) -> None:
+    params = {"learnable_eps": learnable_eps}
+    check_fast_equals_reference("frn", params, activation, dtype, steps=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_evonorm_s0(dtype: torch.dtype, activation: str | None, groups: int) -> None:
+    check_fast_equals_reference("evonorm_s0", {"groups": groups}, activation, dtype, steps=1)
