@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normlab.norms._fast import batch_norm_train, channel_var_mean
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
-from normlab.norms.population import PopulationStats, moments, population_var, upcast
+from normlab.norms.population import PopulationStats, population_var, upcast
 from normlab.norms.registry import register_norm
 
 
@@ -74,8 +75,9 @@ class BatchRenorm2d(NormLayer, PopulationStats):
         return r, d
 
     def forward(self, x: Tensor) -> Tensor:
-        """Batch Renorm as native batch_norm calls: the stop-gradient r, d fold into the affine
-        (weight gamma*r, bias gamma*d + beta), so training is one batch_norm kernel."""
+        """Batch Renorm as batch_norm kernels: the stop-gradient r, d fold into the affine
+        (weight gamma*r, bias gamma*d + beta), so training is one normalization pass with the
+        batch statistics from sums (normlab.norms._fast) and torch's batch-norm backward."""
         in_dtype, x = x.dtype, upcast(x)
         mode = self.stats_mode
         weight, bias = self.weight, self.bias
@@ -84,17 +86,15 @@ class BatchRenorm2d(NormLayer, PopulationStats):
             var = self.running_std.square()
             y = F.batch_norm(x, self.running_mean, var, weight, bias, False, 0.0, 0.0)
         elif mode == "ema":
-            with torch.no_grad():
-                var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
-                r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
-            y = F.batch_norm(
-                x, None, None, weight * r, torch.addcmul(bias, weight, d), True, 0.0, self.eps
-            )
+            var, mean = channel_var_mean(x)
+            r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
+            y = batch_norm_train(x, var, mean, weight * r, torch.addcmul(bias, weight, d), self.eps)
         else:
+            var, mean = channel_var_mean(x)
             if mode == "record":
-                m64, ex2 = moments(x, (0, 2, 3))
-                self._record(x.numel() // x.shape[1], m64, ex2)
-            y = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+                m64 = mean.double()
+                self._record(x.numel() // x.shape[1], m64, var.double() + m64 * m64)
+            y = batch_norm_train(x, var, mean, weight, bias, self.eps)
         return y.to(in_dtype)
 
     def _reference_forward(self, x: Tensor) -> Tensor:
@@ -124,15 +124,13 @@ class BatchRenorm2d(NormLayer, PopulationStats):
         """r, d from the batch mean and sigma_B = sqrt(biased var + eps); then update the moving
         averages and the step count."""
         r_max, d_max = self.current_limits()
-        r = torch.minimum(torch.maximum(std / self.running_std, 1.0 / r_max), r_max)
-        d = torch.minimum(
-            torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max
-        )
+        r = torch.clamp(std / self.running_std, 1.0 / r_max, r_max)
+        d = torch.clamp((mean - self.running_mean) / self.running_std, -d_max, d_max)
         self.num_steps.add_(1)
         # momentum None: cumulative average over the training steps so far.
         weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
-        self.running_mean.add_(weight * (mean - self.running_mean))
-        self.running_std.add_(weight * (std - self.running_std))
+        self.running_mean.lerp_(mean, weight)
+        self.running_std.lerp_(std, weight)
         return r, d
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
