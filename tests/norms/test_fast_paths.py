@@ -107,3 +107,10 @@ def test_frn(dtype: torch.dtype, activation: str | None, learnable_eps: bool) ->
 @pytest.mark.parametrize("groups", [1, 2, 8])
 def test_evonorm_s0(dtype: torch.dtype, activation: str | None, groups: int) -> None:
     check_fast_equals_reference("evonorm_s0", {"groups": groups}, activation, dtype, steps=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", [None, "relu", "silu", "gelu"])
+@pytest.mark.parametrize(("name", "params"), [("proxy_ln", {}), ("proxy_gn", {"groups": 2})])
+def test_proxy(dtype: torch.dtype, activation: str | None, name: str, params: dict) -> None:
+    check_fast_equals_reference(name, params | {"proxy_points": 32}, activation, dtype, steps=1)
