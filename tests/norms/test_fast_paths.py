@@ -114,3 +114,68 @@ def test_evonorm_s0(dtype: torch.dtype, activation: str | None, groups: int) -> 
 @pytest.mark.parametrize(("name", "params"), [("proxy_ln", {}), ("proxy_gn", {"groups": 2})])
 def test_proxy(dtype: torch.dtype, activation: str | None, name: str, params: dict) -> None:
     check_fast_equals_reference(name, params | {"proxy_points": 32}, activation, dtype, steps=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["ema", "batch", "population", "record"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"groups": 2, "examples_per_group": 2},
+        {"groups": 4, "examples_per_group": 1, "momentum": None},
+        {"groups": 1, "examples_per_group": 4, "alpha": 0.3},
+        {"groups": 8, "examples_per_group": 2, "alpha": 1.0, "momentum": None},
+    ],
+)
+def test_batch_group(dtype: torch.dtype, mode: str, params: dict) -> None:
+    def setup(layer: nn.Module) -> None:
+        with torch.no_grad():
+            layer.running_m1.uniform_(-0.5, 0.5)
+            layer.running_m2.copy_(layer.running_m1.square() + torch.rand(8, dtype=dtype) + 0.5)
+        layer.stats_mode = mode
+
+    check_fast_equals_reference("batch_group", params, None, dtype, setup=setup)
+
+
+def compiled_matches_eager(name: str, params: dict[str, Any], activation: str | None) -> None:
+    """Two training steps and one evaluation of the compiled layer equal the eager layer's."""
+    torch.manual_seed(0)
+    eager = build_norm(name, 8, activation=activation, **params)
+    randomize(eager)
+    compiled = build_norm(name, 8, activation=activation, compile=True, **params)
+    compiled.load_state_dict(eager.state_dict())
+    assert type(compiled) is type(eager) and compiled.batch_dependent == eager.batch_dependent
+    for step in range(3):
+        if step == 2:
+            eager.eval(), compiled.eval()
+        x, grad = torch.randn(SHAPE) * 2 + 0.5, torch.randn(SHAPE)
+        assert_same(run(compiled, x, grad, False), run(eager, x, grad, False), torch.float32, name)
+
+
+def test_compile_parameter_is_accepted_and_checked() -> None:
+    from normlab.norms import available_norms, get_norm_spec
+
+    for name in available_norms():
+        assert get_norm_spec(name).defaults["compile"] is False
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        build_norm("gn", 8, compile="yes")
+
+
+@pytest.mark.slow  # inductor's first compile takes 10-50 s on these CPUs
+def test_compiled_frn_equals_eager() -> None:
+    compiled_matches_eager("frn", {}, "relu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "params", "activation"),
+    [
+        ("brn", BRN, None),
+        ("evonorm_s0", {"groups": 2}, "relu"),
+        ("proxy_gn", {"groups": 2, "proxy_points": 32}, "relu"),
+        ("batch_group", {"groups": 2, "examples_per_group": 2, "alpha": 0.5}, None),
+        ("bn", {}, "relu"),
+    ],
+)
+def test_compiled_equals_eager(name: str, params: dict, activation: str | None) -> None:
+    compiled_matches_eager(name, params, activation)

@@ -85,16 +85,18 @@ class BatchRenorm2d(NormLayer, PopulationStats):
             # (x - mu) / sigma: eval-mode batch_norm with variance sigma^2 and no eps.
             var = self.running_std.square()
             y = F.batch_norm(x, self.running_mean, var, weight, bias, False, 0.0, 0.0)
-        elif mode == "ema":
-            var, mean = channel_var_mean(x)
-            r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
-            y = batch_norm_train(x, var, mean, weight * r, torch.addcmul(bias, weight, d), self.eps)
         else:
             var, mean = channel_var_mean(x)
             if mode == "record":
                 m64 = mean.double()
                 self._record(x.numel() // x.shape[1], m64, var.double() + m64 * m64)
-            y = batch_norm_train(x, var, mean, weight, bias, self.eps)
+            elif mode == "ema":
+                r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
+                weight, bias = weight * r, torch.addcmul(bias, weight, d)
+            if torch.compiler.is_compiling():  # one traceable native op
+                y = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+            else:
+                y = batch_norm_train(x, var, mean, weight, bias, self.eps)
         return y.to(in_dtype)
 
     def _reference_forward(self, x: Tensor) -> Tensor:
