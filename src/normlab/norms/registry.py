@@ -90,7 +90,8 @@ def validate_norm_params(name: str, params: dict[str, Any]) -> NormSpec:
     spec = get_norm_spec(name)
     unknown = sorted(set(params) - set(spec.defaults))
     if unknown:
-        valid = ", ".join(sorted(spec.defaults)) or "(none)"
+        own = ", ".join(sorted(k for k in spec.defaults if k != COMPILE)) or "(none)"
+        valid = f"{own} (and {COMPILE}, which every norm takes)"
         raise ValueError(
             f"norm '{name}' got unknown parameter(s) {', '.join(unknown)}; valid parameters: {valid}"
         )
