@@ -57,6 +57,22 @@ def bench_norm(name: str, channels: int, **params: object) -> nn.Module:
     return build_norm(name, channels, activation=activation, **params)
 
 
+class ReferenceFormula(nn.Module):
+    """Runs a layer's `_reference_forward` (its formula written out, as before the fast paths)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer._reference_forward(x)
+
+
+def with_reference_formula() -> list[str]:
+    """The methods whose layers keep a `_reference_forward`."""
+    return [n for n in available_norms() if hasattr(bench_norm(n, 8), "_reference_forward")]
+
+
 def population_bn(channels: int) -> nn.Module:
     """normlab's bn normalizing with its running statistics in train mode (FrozenBN)."""
     layer = build_norm("bn", channels)
@@ -78,11 +94,17 @@ def peers() -> list[Candidate]:
     ]
 
 
-def candidates(compiled: list[str], conv: bool) -> list[Candidate]:
-    """The reference, every registered method, compiled variants and (norm alone) the peers."""
+def candidates(compiled: list[str], conv: bool, formulas: bool = False) -> list[Candidate]:
+    """The reference, every registered method, compiled variants, (norm alone) the peers and,
+    with `formulas`, each method's written-out reference formula."""
     rows = [Candidate(REFERENCE, nn.BatchNorm2d, "reference")]
     names = ["bn", *[n for n in available_norms() if n != "bn"]]
     rows += [Candidate(n, lambda c, n=n: bench_norm(n, c)) for n in names]
+    if formulas:
+        rows += [
+            Candidate(f"{n}, reference formula", lambda c, n=n: ReferenceFormula(bench_norm(n, c)))
+            for n in with_reference_formula()
+        ]
     rows += [
         Candidate(f"{n}, compiled", lambda c, n=n: bench_norm(n, c, compile=True)) for n in compiled
     ]
@@ -145,9 +167,14 @@ def build_all(
 
 
 def time_shape(
-    layers: dict[str, nn.Module], shape: Shape, device: str, rounds: int, per_round: int
+    layers: dict[str, nn.Module],
+    shape: Shape,
+    device: str,
+    rounds: int,
+    per_round: int,
+    stat: str = "median",
 ) -> dict[str, float]:
-    """Median seconds per forward+backward for each layer, timed in interleaved rounds."""
+    """Median (or minimum) seconds per forward+backward of each layer, in interleaved rounds."""
     x = torch.randn(*shape, device=device)
     grad = torch.randn(*shape, device=device)
     for layer in layers.values():  # warm-up (and compilation)
@@ -157,7 +184,8 @@ def time_shape(
     for _ in range(rounds):
         for label, layer in layers.items():
             times[label] += [step(layer, x, grad) for _ in range(per_round)]
-    return {label: sorted(t)[len(t) // 2] for label, t in times.items()}
+    pick = min if stat == "min" else (lambda t: sorted(t)[len(t) // 2])
+    return {label: pick(t) for label, t in times.items()}
 
 
 def machine() -> str:
@@ -219,7 +247,13 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def run_table(
-    rows: list[Candidate], shapes: list[Shape], device: str, rounds: int, per_round: int, conv: bool
+    rows: list[Candidate],
+    shapes: list[Shape],
+    device: str,
+    rounds: int,
+    per_round: int,
+    conv: bool,
+    stat: str = "median",
 ) -> tuple[dict[Shape, dict[str, float]], dict[str, str]]:
     """Time every row at every shape; the reasons rows were skipped (by label)."""
     results, skipped = {}, {}
@@ -227,7 +261,7 @@ def run_table(
         layers, reasons = build_all(rows, shape, device, conv)
         for label, reason in reasons.items():
             skipped.setdefault(label, f"{fmt_shape(shape)}: {reason}")
-        results[shape] = time_shape(layers, shape, device, rounds, per_round)
+        results[shape] = time_shape(layers, shape, device, rounds, per_round, stat)
         del layers
     return results, skipped
 
@@ -244,11 +278,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     parser.add_argument("--per-round", type=int, default=1, help="calls per layer and round")
     parser.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="median (default) or minimum of the timings (min resists load from other processes)",
+    )
+    parser.add_argument(
         "--compile",
         nargs="*",
         default=None,
         metavar="NAME",
         help="also time these methods built with compile=True (no name: every method)",
+    )
+    parser.add_argument(
+        "--reference-formulas",
+        action="store_true",
+        help="also time each method's written-out formula (_reference_forward: the code before "
+        "the fast paths)",
     )
     parser.add_argument("--no-conv", action="store_true", help="skip the conv + norm table")
     parser.add_argument("--markdown", default=None, metavar="PATH", help="write the tables here")
@@ -258,8 +304,10 @@ def main() -> None:
     compiled = args.compile if args.compile else ([] if args.compile is None else available_norms())
     started = time.perf_counter()
 
-    rows = candidates(compiled, conv=False)
-    results, skipped = run_table(rows, shapes, args.device, args.rounds, args.per_round, False)
+    rows = candidates(compiled, conv=False, formulas=args.reference_formulas)
+    results, skipped = run_table(
+        rows, shapes, args.device, args.rounds, args.per_round, False, args.stat
+    )
     header = ["method", *[fmt_shape(s) for s in shapes]]
     body = ratio_table(rows, shapes, results)
     where = f"{args.device}, {torch.get_num_threads()} threads"
@@ -272,7 +320,7 @@ def main() -> None:
     if not args.no_conv:
         conv_rows = candidates(compiled, conv=True)
         conv_results, conv_skipped = run_table(
-            conv_rows, [conv_shape], args.device, conv_rounds, args.per_round, True
+            conv_rows, [conv_shape], args.device, conv_rounds, args.per_round, True, args.stat
         )
         for label, reason in conv_skipped.items():
             skipped.setdefault(f"{label} (conv)", reason)
@@ -296,7 +344,7 @@ def main() -> None:
             f"Command: `{command}`; torch {torch.__version__}; {torch.get_num_threads()} threads; "
             f"{args.device}; {now}; machine: {machine()}.",
             "",
-            f"Each cell is the median forward+backward time of the layer alone (train mode) as a "
+            f"Each cell is the {args.stat} forward+backward time of the layer alone (train mode) as a "
             f"multiple of torch's nn.BatchNorm2d (train mode) at the same shape in the same run "
             f"(its own row in ms); {args.rounds} interleaved rounds of {args.per_round} calls. "
             "Methods that include their activation are built with activation relu. "
