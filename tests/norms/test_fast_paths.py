@@ -36,6 +36,9 @@ def run(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, reference: bool) 
     result = {"out": out.detach(), "grad_x": inp.grad}
     result |= {f"grad_{n}": p.grad for n, p in layer.named_parameters()}
     result |= {f"buffer_{n}": b.clone() for n, b in layer.named_buffers()}
+    recorded = getattr(layer, "_recorded", None)  # "record" mode accumulators
+    if recorded is not None:
+        result["recorded"] = recorded.clone()
     return result
 
 
@@ -179,3 +182,32 @@ def test_compiled_frn_equals_eager() -> None:
 )
 def test_compiled_equals_eager(name: str, params: dict, activation: str | None) -> None:
     compiled_matches_eager(name, params, activation)
+
+
+@pytest.mark.parametrize("dims", [(2, 3), (0, 2, 3), (1, 3)])
+def test_fast_statistics_gradcheck(dims: tuple[int, ...]) -> None:
+    from normlab.norms._fast import mean_square, var_mean
+
+    x = (torch.randn(4, 3, 2, 5, dtype=torch.float64) + 0.7).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: var_mean(t, dims), (x,))
+    assert torch.autograd.gradcheck(lambda t: var_mean(t, dims)[0], (x,))  # mean unused
+    assert torch.autograd.gradcheck(lambda t: mean_square(t, dims), (x,))
+    var, mean = var_mean(x, dims)
+    ref_var, ref_mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
+    torch.testing.assert_close(var, ref_var)
+    torch.testing.assert_close(mean, ref_mean)
+
+
+def test_batch_norm_train_gradcheck_and_equals_torch() -> None:
+    from normlab.norms._fast import batch_norm_train, channel_var_mean
+
+    x = (torch.randn(4, 3, 2, 5, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def fast(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return batch_norm_train(x, *channel_var_mean(x), w, b, 1e-5)
+
+    assert torch.autograd.gradcheck(fast, (x, w, b))
+    expected = torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0, 1e-5)
+    torch.testing.assert_close(fast(x, w, b), expected)
