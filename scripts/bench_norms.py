@@ -102,7 +102,10 @@ def candidates(compiled: list[str], conv: bool, formulas: bool = False) -> list[
     rows += [Candidate(n, lambda c, n=n: bench_norm(n, c)) for n in names]
     if formulas:
         rows += [
-            Candidate(f"{n}, reference formula", lambda c, n=n: ReferenceFormula(bench_norm(n, c)))
+            Candidate(
+                f"{n}, before (reference formula)",
+                lambda c, n=n: ReferenceFormula(bench_norm(n, c)),
+            )
             for n in with_reference_formula()
         ]
     rows += [
