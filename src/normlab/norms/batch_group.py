@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from normlab.norms._fast import var_mean
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.population import PopulationStats, upcast
@@ -79,6 +80,49 @@ class BatchGroupNorm2d(NormLayer, PopulationStats):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Every statistic from per-(sample, channel) moments: one two-pass var_mean over (H, W)
+        with a one-pass backward (normlab.norms._fast); group statistics by the law of total
+        variance on those small tensors; normalization and affine as one per-(sample, channel)
+        scale and shift."""
+        if torch.compiler.is_compiling():
+            return self._reference_forward(x)  # inductor fuses the plain formula best
+        in_dtype, x = x.dtype, upcast(x)
+        n, c = x.shape[:2]
+        g, k = self.groups, c // self.groups
+        var_nc, a = (t.view(n, c) for t in var_mean(x, (2, 3)))
+        mode = self.stats_mode
+        if mode in ("batch", "record") or (mode == "ema" and self.training):
+            self.check_batch_size(n)
+            e = self.examples_per_group
+            a_groups = a.view(n // e, e, g, k)
+            mu = a_groups.mean(dim=(1, 3), keepdim=True)
+            within = var_nc.view(n // e, e, g, k).mean(dim=(1, 3), keepdim=True)
+            var = within + (a_groups - mu).square().mean(dim=(1, 3), keepdim=True)
+            inv = torch.rsqrt(var + self.eps)  # (n/e, 1, g, 1)
+            scale = (inv * self.weight.view(1, 1, g, k)).expand(n // e, e, g, k).reshape(n, c)
+            shift = self.bias - mu.expand(n // e, e, g, k).reshape(n, c) * scale
+            if mode == "ema":
+                with torch.no_grad():
+                    self._update_running(a, var_nc + a * a)
+            elif mode == "record":
+                with torch.no_grad():
+                    self._record(x.numel() // g, *self._group_average(a, var_nc + a * a))
+        else:
+            m1, m2 = self._group_average(self.running_m1[None], self.running_m2[None])
+            mu, s = m1.expand(n, g), m2.expand(n, g)
+            if self.alpha > 0.0:
+                own_mu, own_s = self._group_moments(a, var_nc + a * a)
+                mu = self.alpha * own_mu + (1.0 - self.alpha) * mu
+                s = self.alpha * own_s + (1.0 - self.alpha) * s
+            var = (s - mu * mu).clamp_min(0.0)
+            inv = torch.rsqrt(var + self.eps)  # (n, g)
+            scale = (inv.view(n, g, 1) * self.weight.view(1, g, k)).reshape(n, c)
+            shift = self.bias - mu.repeat_interleave(k, dim=1) * scale
+        shape = (n, c, 1, 1)
+        return (x * scale.view(shape)).add_(shift.view(shape)).to(in_dtype)
+
+    def _reference_forward(self, x: Tensor) -> Tensor:
+        """The formula written out (the tests compare `forward` with it); same side effects."""
         in_dtype, x = x.dtype, upcast(x)
         n, c, h, w = x.shape
         g = self.groups

@@ -29,6 +29,7 @@ class NormSpec:
 
 
 _REGISTRY: dict[str, NormSpec] = {}
+COMPILE = "compile"  # the parameter every method takes: wrap the built layer in torch.compile
 
 
 def register_norm(
@@ -40,8 +41,9 @@ def register_norm(
 ) -> Callable[[NormBuilder], NormBuilder]:
     """Register a builder `(num_channels, [activation,] **params) -> nn.Module` under `name`.
 
-    The builder's keyword defaults are the method's parameters. A builder that fuses the
-    activation takes an `activation` keyword; otherwise the registry appends it.
+    The builder's keyword defaults are the method's parameters, plus `compile` (False), which
+    every method takes (see `build_norm`). A builder that fuses the activation takes an
+    `activation` keyword; otherwise the registry appends it.
     """
 
     def decorate(builder: NormBuilder) -> NormBuilder:
@@ -53,6 +55,9 @@ def register_norm(
             for p in signature.parameters.values()
             if p.kind is p.KEYWORD_ONLY and p.name != "activation"
         }
+        if COMPILE in defaults:
+            raise ValueError(f"norm '{name}': '{COMPILE}' is a registry parameter of every norm")
+        defaults[COMPILE] = False
         _REGISTRY[name] = NormSpec(
             name=name,
             builder=builder,
@@ -85,7 +90,8 @@ def validate_norm_params(name: str, params: dict[str, Any]) -> NormSpec:
     spec = get_norm_spec(name)
     unknown = sorted(set(params) - set(spec.defaults))
     if unknown:
-        valid = ", ".join(sorted(spec.defaults)) or "(none)"
+        own = ", ".join(sorted(k for k in spec.defaults if k != COMPILE)) or "(none)"
+        valid = f"{own} (and {COMPILE}, which every norm takes)"
         raise ValueError(
             f"norm '{name}' got unknown parameter(s) {', '.join(unknown)}; valid parameters: {valid}"
         )
@@ -95,17 +101,31 @@ def validate_norm_params(name: str, params: dict[str, Any]) -> NormSpec:
 def build_norm(
     name: str, num_channels: int, activation: str | None = None, **params: Any
 ) -> nn.Module:
-    """Build one `name` layer for NCHW input with `num_channels`, followed by `activation`."""
+    """Build one `name` layer for NCHW input with `num_channels`, followed by `activation`.
+
+    `compile=True` compiles the built module's call in place (`nn.Module.compile`, torch.compile
+    with dynamic=False, which recompiles per input shape): the module keeps its type, attributes,
+    parameters and state dict, so model surgery and `batch_dependent` work as before. Layers
+    then run their plain formula, which inductor fuses (their eager fast paths are skipped while
+    compiling). A deep copy of a compiled layer runs eagerly.
+    """
     spec = validate_norm_params(name, params)
     if not isinstance(num_channels, int) or num_channels < 1:
         raise ValueError(
             f"norm '{name}': num_channels must be a positive int, got {num_channels!r}"
         )
+    compile_layer = params.pop(COMPILE, False)
+    if not isinstance(compile_layer, bool):
+        raise ValueError(f"norm '{name}': compile must be true or false, got {compile_layer!r}")
     act = activation_name(activation)
     if spec.fuses_activation:
-        return spec.builder(num_channels, activation=act, **params)
-    layer = spec.builder(num_channels, **params)
-    return layer if act is None else NormAct(layer, act)
+        layer = spec.builder(num_channels, activation=act, **params)
+    else:
+        layer = spec.builder(num_channels, **params)
+        layer = layer if act is None else NormAct(layer, act)
+    if compile_layer:
+        layer.compile(dynamic=False)
+    return layer
 
 
 def norm_factory(name: str, **params: Any) -> NormFactory:

@@ -14,8 +14,10 @@ r_max = 1 and d_max = 0 before `warmup_steps`, then linear ramps reaching `r_max
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normlab.norms._fast import batch_norm_train, channel_var_mean
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.population import PopulationStats, population_var, upcast
@@ -73,6 +75,32 @@ class BatchRenorm2d(NormLayer, PopulationStats):
         return r, d
 
     def forward(self, x: Tensor) -> Tensor:
+        """Batch Renorm as batch_norm kernels: the stop-gradient r, d fold into the affine
+        (weight gamma*r, bias gamma*d + beta), so training is one normalization pass with the
+        batch statistics from sums (normlab.norms._fast) and torch's batch-norm backward."""
+        in_dtype, x = x.dtype, upcast(x)
+        mode = self.stats_mode
+        weight, bias = self.weight, self.bias
+        if mode == "population" or (mode == "ema" and not self.training):
+            # (x - mu) / sigma: eval-mode batch_norm with variance sigma^2 and no eps.
+            var = self.running_std.square()
+            y = F.batch_norm(x, self.running_mean, var, weight, bias, False, 0.0, 0.0)
+        else:
+            var, mean = channel_var_mean(x)
+            if mode == "record":
+                m64 = mean.double()
+                self._record(x.numel() // x.shape[1], m64, var.double() + m64 * m64)
+            elif mode == "ema":
+                r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
+                weight, bias = weight * r, torch.addcmul(bias, weight, d)
+            if torch.compiler.is_compiling():  # one traceable native op
+                y = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+            else:
+                y = batch_norm_train(x, var, mean, weight, bias, self.eps)
+        return y.to(in_dtype)
+
+    def _reference_forward(self, x: Tensor) -> Tensor:
+        """The formula written out (the tests compare `forward` with it); same side effects."""
         in_dtype, x = x.dtype, upcast(x)
         mode = self.stats_mode
         if mode == "population" or (mode == "ema" and not self.training):
@@ -90,18 +118,22 @@ class BatchRenorm2d(NormLayer, PopulationStats):
 
     def _renormalize(self, y: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         """Apply the stop-gradient r, d correction and update the moving averages."""
-        with torch.no_grad():
-            r_max, d_max = self.current_limits()
-            r = torch.minimum(torch.maximum(std / self.running_std, 1.0 / r_max), r_max)
-            d = torch.minimum(
-                torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max
-            )
-            self.num_steps.add_(1)
-            # momentum None: cumulative average over the training steps so far.
-            weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
-            self.running_mean.add_(weight * (mean - self.running_mean))
-            self.running_std.add_(weight * (std - self.running_std))
+        r, d = self._renormalize_factors(mean, std)
         return y * r.view(1, -1, 1, 1) + d.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def _renormalize_factors(self, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        """r, d from the batch mean and sigma_B = sqrt(biased var + eps); then update the moving
+        averages and the step count."""
+        r_max, d_max = self.current_limits()
+        r = torch.clamp(std / self.running_std, 1.0 / r_max, r_max)
+        d = torch.clamp((mean - self.running_mean) / self.running_std, -d_max, d_max)
+        self.num_steps.add_(1)
+        # momentum None: cumulative average over the training steps so far.
+        weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
+        self.running_mean.lerp_(mean, weight)
+        self.running_std.lerp_(std, weight)
+        return r, d
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         self.running_mean.copy_(mean)
