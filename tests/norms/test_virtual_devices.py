@@ -11,6 +11,7 @@ from torch import nn
 
 from normlab.norms import build_norm, set_virtual_batch_size
 from normlab.norms.population import iter_population_layers, set_stats_mode
+from normlab.norms.virtual import reconcile_virtual_ranks
 
 CHUNK = 4
 RANKS = 3
@@ -23,8 +24,11 @@ SUPPORTED: dict[str, dict] = {
     "bgn": {"groups": 4},
     "iebn": {},
     "batch_group": {"groups": 4, "examples_per_group": 2},
+    # r and d active from the first step, so each rank's own moving averages matter
+    "brn": {"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "r_max": 1.5, "d_max": 0.5},
+    "brn_cumulative": {"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "momentum": None},
 }
-REFUSED = {"cbn": "window", "brn": "running statistics"}
+REFUSED = {"cbn": "window"}
 
 
 def method(key: str) -> str:
@@ -110,7 +114,28 @@ class TwoLayers(nn.Module):
         return self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x)))))
 
 
-@pytest.mark.parametrize("key", ["bn", "ghost_bn", "bgn", "iebn", "batch_group"])
+def test_brn_ranks_collapse_to_their_mean_at_reconciliation() -> None:
+    """After reconciliation every virtual rank continues from the mean, as real ranks do after
+    normlab averages their buffers."""
+    layer = make("brn")
+    set_virtual_batch_size(layer, CHUNK)
+    layer.train()
+    x = torch.randn(CHUNK * RANKS, 8, 5, 5, dtype=torch.float64) * 3 + 1
+    layer(x)
+    reconciled = copy.deepcopy(layer)
+    reconcile_virtual_ranks(reconciled)
+    ranks = []
+    for _ in range(RANKS):  # each real rank, after reconciliation, holds the mean buffers
+        rank = copy.deepcopy(reconciled)
+        set_virtual_batch_size(rank, None)
+        ranks.append(rank)
+    x2 = torch.randn(CHUNK * RANKS, 8, 5, 5, dtype=torch.float64)
+    expected = torch.cat([m(part) for m, part in zip(ranks, x2.split(CHUNK), strict=True)])
+    torch.testing.assert_close(reconciled(x2), expected, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(layer(x2), expected)  # without reconciliation the ranks differ
+
+
+@pytest.mark.parametrize("key", ["bn", "ghost_bn", "bgn", "iebn", "batch_group", "brn"])
 def test_precise_bn_recording_per_chunk(key: str) -> None:
     """Recording with chunks of b equals separate ranks each recording batches of b, their
     moments summed (what PreciseBN's all-reduce does)."""

@@ -22,6 +22,7 @@ from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.population import PopulationStats, upcast
 from normlab.norms.registry import register_norm
+from normlab.norms.virtual import VirtualDevices
 
 
 def divisors(n: int) -> list[int]:
@@ -38,8 +39,13 @@ def check_groups(name: str, num_channels: int, groups: int) -> None:
         )
 
 
-class BatchGroupNorm2d(NormLayer, PopulationStats):
-    """Summers & Dinneen's Batch/Group Normalization with running E[x], E[x^2] per channel."""
+class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
+    """Summers & Dinneen's Batch/Group Normalization with running E[x], E[x^2] per channel.
+
+    Virtual devices need nothing more: examples_per_group divides batch_size (checked before
+    training), so no example group straddles two devices' chunks, and the running moments'
+    update is linear in the batch averages (the mean of the ranks' updates).
+    """
 
     def __init__(
         self,

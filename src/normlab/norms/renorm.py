@@ -9,6 +9,12 @@ Schedule over `num_steps` (training forwards in "ema" mode, saved in the state d
 r_max = 1 and d_max = 0 before `warmup_steps`, then linear ramps reaching `r_max` at
 `r_max_steps` and `d_max` at `d_max_steps` (paper: 5k, 40k, 25k steps).
 "record" and "batch" modes normalize with plain batch statistics (r = 1, d = 0).
+
+Virtual devices: each DDP rank corrects its batch toward its own moving averages, which the
+ranks keep apart between reconciliations (normlab averages them before every evaluation and
+checkpoint). With k virtual devices the layer keeps k per-rank moving averages during training
+(`running_mean`/`running_std` hold their mean, what reconciliation gives) and collapses them to
+that mean at the same points (`reconcile_virtual_ranks`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.population import PopulationStats, population_var, upcast
 from normlab.norms.registry import register_norm
+from normlab.norms.virtual import VirtualDevices, chunks_of
 
 
 def _ramp(step: Tensor, start: int, end: int) -> Tensor:
@@ -29,10 +36,12 @@ def _ramp(step: Tensor, start: int, end: int) -> Tensor:
     return ((step - start) / max(end - start, 1)).clamp(0.0, 1.0)
 
 
-class BatchRenorm2d(NormLayer, PopulationStats):
+class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
     """Batch Renormalization with running mean and running sigma per channel."""
 
     batch_dependent = True
+    _rank_mean: Tensor | None = None  # (k, C) per-virtual-rank moving averages, in training
+    _rank_std: Tensor | None = None
 
     def __init__(
         self,
@@ -85,6 +94,8 @@ class BatchRenorm2d(NormLayer, PopulationStats):
             # (x - mu) / sigma: eval-mode batch_norm with variance sigma^2 and no eps.
             var = self.running_std.square()
             y = F.batch_norm(x, self.running_mean, var, weight, bias, False, 0.0, 0.0)
+        elif mode in ("ema", "record") and chunks_of(x.shape[0], self.virtual_batch_size) > 1:
+            y = self._virtual_ranks_forward(x, mode)
         else:
             var, mean = channel_var_mean(x)
             if mode == "record":
@@ -98,6 +109,57 @@ class BatchRenorm2d(NormLayer, PopulationStats):
             else:
                 y = batch_norm_train(x, var, mean, weight, bias, self.eps)
         return y.to(in_dtype)
+
+    def _virtual_ranks_forward(self, x: Tensor, mode: str) -> Tensor:
+        """Each chunk of `virtual_batch_size` renormalized as its own rank: per-chunk batch
+        statistics, each corrected toward that rank's own moving averages."""
+        assert self.virtual_batch_size is not None
+        n, c = x.shape[:2]
+        chunk = self.virtual_batch_size
+        k = n // chunk
+        # (chunk, k*C, HW): one "channel" per (rank, channel), as in normlab.norms.virtual
+        xp = x.reshape(k, chunk, c, -1).transpose(0, 1).reshape(chunk, k * c, -1)
+        var, mean = channel_var_mean(xp)
+        weight, bias = self.weight.repeat(k), self.bias.repeat(k)
+        if mode == "record":
+            m64, v64 = mean.double().view(k, c), var.double().view(k, c)
+            self._record(x.numel() // c, m64.mean(0), (v64 + m64 * m64).mean(0))
+        else:
+            r, d = self._rank_factors(mean.view(k, c), torch.sqrt(var + self.eps).view(k, c))
+            weight, bias = weight * r.flatten(), torch.addcmul(bias, weight, d.flatten())
+        if torch.compiler.is_compiling():
+            y = F.batch_norm(xp, None, None, weight, bias, True, 0.0, self.eps)
+        else:
+            y = batch_norm_train(xp, var, mean, weight, bias, self.eps)
+        return y.view(chunk, k, c, -1).transpose(0, 1).reshape(x.shape)
+
+    @torch.no_grad()
+    def _rank_factors(self, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        """r, d (k, C) of each virtual rank from its own moving averages, which then take its
+        update; running_mean/std become the ranks' mean."""
+        k = mean.shape[0]
+        if self._rank_mean is None or self._rank_std is None or self._rank_mean.shape[0] != k:
+            self._rank_mean = self.running_mean.expand(k, -1).clone()
+            self._rank_std = self.running_std.expand(k, -1).clone()
+        r_max, d_max = self.current_limits()
+        r = torch.clamp(std / self._rank_std, 1.0 / r_max, r_max)
+        d = torch.clamp((mean - self._rank_mean) / self._rank_std, -d_max, d_max)
+        self.num_steps.add_(1)
+        weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
+        self._rank_mean.lerp_(mean, weight)
+        self._rank_std.lerp_(std, weight)
+        self.running_mean.copy_(self._rank_mean.mean(0))
+        self.running_std.copy_(self._rank_std.mean(0))
+        return r, d
+
+    def reconcile_virtual_ranks(self) -> None:
+        """The ranks' moving averages become their mean (DDP reconciliation); the next
+        training step starts every virtual rank from it."""
+        self._rank_mean = self._rank_std = None
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        self.reconcile_virtual_ranks()  # loaded buffers are what every rank starts from
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
 
     def _reference_forward(self, x: Tensor) -> Tensor:
         """The formula written out (the tests compare `forward` with it); same side effects."""
@@ -136,6 +198,7 @@ class BatchRenorm2d(NormLayer, PopulationStats):
         return r, d
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
+        self.reconcile_virtual_ranks()
         self.running_mean.copy_(mean)
         self.running_std.copy_(torch.sqrt(population_var(mean, ex2) + self.eps))
 

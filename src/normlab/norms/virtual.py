@@ -80,6 +80,17 @@ class VirtualDevices:
     virtual_batch_size: int | None = None
     virtual_devices_refusal: str = ""
 
+    def reconcile_virtual_ranks(self) -> None:
+        """Make per-virtual-rank state (where a layer keeps any) the ranks' mean, as DDP
+        reconciliation does with real ranks' buffers; nothing for stateless layers."""
+
+
+def reconcile_virtual_ranks(model: nn.Module) -> None:
+    """Call `reconcile_virtual_ranks` on every layer of `model` that keeps per-rank state."""
+    for module in model.modules():
+        if isinstance(module, VirtualDevices):
+            module.reconcile_virtual_ranks()
+
 
 def set_virtual_batch_size(model: nn.Module, chunk: int | None) -> int:
     """Make every batch-dependent layer of `model` normalize per chunk of `chunk` samples
