@@ -50,3 +50,26 @@ def test_virtual_precise_bn_equals_batches_of_b(name: str, num_samples: int) -> 
     assert virtual_batch_size_of(virtual) == 6
     for (key, a), b in zip(plain.named_buffers(), virtual.buffers(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=key)
+
+
+def test_precise_bn_leaves_frozen_statistics_alone() -> None:
+    """Once FrozenBN froze the statistics the model trains with them as constants: PreciseBN
+    before a validation must not re-estimate them (it did, and accuracy fell 29% -> 8.5%)."""
+    from normlab.norms.population import set_stats_mode
+
+    data = TensorDataset(torch.randn(40, 3, 6, 6, dtype=torch.float64), torch.zeros(40).long())
+    model = _model("bn")
+    callback = PreciseBNCallback(20, 4)
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(train_set=data, collate=None),
+        current_epoch=0,
+        sanity_checking=False,
+    )
+    module = SimpleNamespace(model=model)
+    set_stats_mode(model, "population")
+    before = [b.clone() for b in model.buffers()]
+    callback.on_validation_start(trainer, module)  # type: ignore[arg-type]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+    set_stats_mode(model, "ema")
+    callback.on_validation_start(trainer, module)  # type: ignore[arg-type]
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from normlab.norms.batch import BatchNorm2d
@@ -71,8 +71,16 @@ class PreciseBNCallback(L.Callback):
         self.updates += 1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.recompute(trainer, pl_module)
+        if trainer.sanity_checking or statistics_frozen(pl_module.model):  # type: ignore[attr-defined]
+            return
+        self.recompute(trainer, pl_module)
+
+
+def statistics_frozen(model: nn.Module) -> bool:
+    """Whether FrozenBN froze the population statistics: the model now trains with them as
+    constants, so re-estimating them (with batch-statistics forwards) would change the network
+    it learned; they stay as frozen."""
+    return any(layer.stats_mode == "population" for layer in iter_population_layers(model))
 
 
 def whole_chunks(
