@@ -10,7 +10,13 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from normlab.data.corruptions import corrupt
 from normlab.data.samplers import VirtualRankSampler
-from normlab.data.tensors import NormalizeCollate, TensorImageDataset, channel_stats, take_subset
+from normlab.data.tensors import (
+    NormalizeCollate,
+    TensorImageDataset,
+    channel_stats,
+    check_subset_size,
+    take_subset,
+)
 
 
 class EpochRandomSampler(RandomSampler):
@@ -159,6 +165,8 @@ class InMemoryDataModule(ImageDataModule):
 
     def load(self) -> tuple[Dataset, Dataset]:
         train_x, train_y, val_x, val_y = self.load_tensors()
+        check_subset_size("train_samples", self.options.train_samples, len(train_y), self.name)
+        check_subset_size("val_samples", self.options.val_samples, len(val_y), self.name)
         train_x, train_y = take_subset(
             train_x, train_y, self.options.train_samples, self.options.seed
         )

@@ -17,6 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from normlab.data.base import ImageDataModule, InMemoryDataModule, LoaderOptions
+from normlab.data.tensors import check_subset_size
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -126,6 +127,8 @@ class FolderStreamDataModule(ImageDataModule):
         train = datasets.ImageFolder(str(train_dir), transform=train_tf)
         val = datasets.ImageFolder(str(eval_dir), transform=eval_tf)
         self.num_classes = len(train.classes)
+        check_subset_size("train_samples", self.options.train_samples, len(train), self.name)
+        check_subset_size("val_samples", self.options.val_samples, len(val), self.name)
         return (
             subset(train, self.options.train_samples, self.options.seed),
             subset(val, self.options.val_samples, self.options.seed + 1),

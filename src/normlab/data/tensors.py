@@ -64,3 +64,12 @@ def take_subset(
         raise ValueError(f"subset size must be positive, got {count}")
     index = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
     return images[index], labels[index]
+
+
+def check_subset_size(key: str, count: int | None, available: int, data_name: str) -> None:
+    """Refuse `data.<key>` larger than the `available` samples (it would silently mean all)."""
+    if count is not None and count > available:
+        raise ValueError(
+            f"data.{key}={count} exceeds the {available} samples of data={data_name}; "
+            f"use at most {available}, or null for all of them"
+        )
