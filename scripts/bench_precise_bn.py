@@ -84,7 +84,7 @@ def same_batches(loader: DataLoader, num_samples: int) -> Iterator[Tensor]:
     seen = 0
     for inputs, _ in loader:
         take = min(len(inputs), num_samples - seen)
-        if take < len(inputs) and take < 2 and seen > 0:
+        if take < 2 and seen > 0:
             return
         yield inputs[:take]
         seen += take
@@ -115,7 +115,7 @@ def batch_sizes(num_samples: int, batch_size: int) -> Iterator[int]:
     seen = 0
     while seen < num_samples:
         take = min(batch_size, num_samples - seen)
-        if take < batch_size and take < 2 and seen > 0:
+        if take < 2 and seen > 0:
             return
         yield take
         seen += take
@@ -189,13 +189,17 @@ def main() -> None:
     model = build_model(
         {"name": "resnet20"}, norm_factory("bn"), module.num_classes, module.in_channels, 32
     ).to(device)
-    loader = training_loader(module, args.batch_size, args.seed)
+
+    def loader() -> DataLoader:
+        """A fresh PreciseBN loader: every run sees the same batches and augmentations."""
+        return training_loader(module, args.batch_size, args.seed)
+
     runners: dict[str, Callable[[nn.Module], object]] = {
-        "bare": lambda m: bare_passes(m, loader, args.samples, device),
-        "normlab": lambda m: update_population_stats(m, loader, args.samples),
+        "bare": lambda m: bare_passes(m, loader(), args.samples, device),
+        "normlab": lambda m: update_population_stats(m, loader(), args.samples),
     }
     if fvcore_available():
-        runners["fvcore"] = lambda m: fvcore_passes(m, loader, args.samples, device)
+        runners["fvcore"] = lambda m: fvcore_passes(m, loader(), args.samples, device)
     else:
         print("fvcore not installed (pip install fvcore): (c) skipped")
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
@@ -203,7 +207,7 @@ def main() -> None:
     for round_index in range(args.repeats):
         for name, run in runners.items():
             candidate = copy.deepcopy(model)
-            torch.manual_seed(args.seed + round_index)  # the same augmentations for all three
+            torch.manual_seed(args.seed)  # as loader(): also for loaders using the global RNG
             times[name].append(timed(device, lambda run=run, m=candidate: run(m)))
         print(
             f"round {round_index + 1}: "
