@@ -88,8 +88,9 @@ class BatchAugmentedImages(Dataset):
     augmentation distribution (uniform random crop offset in [0, 2*pad] per axis, horizontal
     flip with probability 1/2), drawn for the whole batch at once from its own generator.
 
-    Per-sample augmentation in Python costs about a tenth of the forward passes PreciseBN
-    needs on CPU; one gather per batch costs next to nothing and leaves the global RNG alone.
+    Per-sample augmentation costs about 0.7 s of CPU per 10,000 CIFAR images (some 3% of the
+    forward passes PreciseBN needs), one gather per batch about 0.24 s; and this leaves the
+    global RNG alone.
     """
 
     def __init__(self, dataset: TensorImageDataset, collate: NormalizeCollate, seed: int) -> None:
