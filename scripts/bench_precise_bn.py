@@ -100,11 +100,13 @@ def bare_passes(model: nn.Module, loader: DataLoader, samples: int, device: torc
             model(inputs.to(device, non_blocking=True))
 
 
-def fvcore_passes(model: nn.Module, loader: DataLoader, samples: int, device: torch.device) -> None:
+def fvcore_passes(
+    model: nn.Module, loader: DataLoader, samples: int, batch_size: int, device: torch.device
+) -> None:
     """(c) fvcore's update_bn_stats on the same batches (model in train mode, as it requires)."""
     from fvcore.nn.precise_bn import update_bn_stats
 
-    count = sum(1 for _ in batch_sizes(samples, loader.batch_size or 1))  # fvcore's num_iters
+    count = sum(1 for _ in batch_sizes(samples, batch_size))  # fvcore's num_iters
     model.train()
     inputs = (b.to(device, non_blocking=True) for b in same_batches(loader, samples))
     update_bn_stats(model, inputs, count)
@@ -199,7 +201,9 @@ def main() -> None:
         "normlab": lambda m: update_population_stats(m, loader(), args.samples),
     }
     if fvcore_available():
-        runners["fvcore"] = lambda m: fvcore_passes(m, loader(), args.samples, device)
+        runners["fvcore"] = lambda m: fvcore_passes(
+            m, loader(), args.samples, args.batch_size, device
+        )
     else:
         print("fvcore not installed (pip install fvcore): (c) skipped")
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
