@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 ARGS   ?=
 
 # glibc malloc settings that remove most CPU timing noise (see DESIGN.md).
@@ -22,6 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
 install: $(STAMP) ## create .venv and install normlab (editable) with dev extras
 
 train: $(STAMP) ## run the default job (real digits data, CPU); extra overrides via ARGS="..."
@@ -36,7 +41,7 @@ test-all: $(STAMP) ## run every test, the slow ones too
 sweep: $(STAMP) ## example multirun: BN vs GN at two batch sizes on digits
 	$(BIN)/python train.py -m norm=bn,gn batch_size=4,32 $(ARGS)
 
-bench: $(STAMP) ## every benchmark (norms, framework, virtual devices, PreciseBN) -> docs/performance.md
+bench: $(BENCH_STAMP) ## every benchmark (norms, framework, virtual devices, PreciseBN) -> docs/performance.md
 	$(BIN)/python scripts/performance.py $(ARGS)
 
 report: $(STAMP) ## table + plots of a sweep folder: make report ARGS=multirun/<date>/<time>

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
-from normlab.norms.population import PopulationStats, moments, population_var
+from normlab.norms.population import PopulationStats, population_var, record_batch_norm
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import VirtualDevices, chunk_batch_norm, chunks_of
 
@@ -61,8 +61,7 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats, VirtualDevices):
         if mode == "record":
             if self.virtual_chunks(x) > 1:
                 return self._chunked_record(x, weight, bias)
-            mean, ex2 = moments(x, (0, 2, 3))
-            self._record(x.numel() // x.shape[1], mean, ex2)
+            return record_batch_norm(self, x, weight, bias, self.eps)
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
 
     def virtual_chunks(self, x: Tensor) -> int:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.batch_group import check_groups
-from normlab.norms.population import PopulationStats, moments, population_var
+from normlab.norms.population import PopulationStats, population_var, record_batch_norm
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import VirtualDevices, chunk_batch_norm, chunks_of
 
@@ -70,10 +70,9 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats, VirtualDevices):
             y = F.batch_norm(
                 xv, self.running_mean, self.running_var, None, None, True, factor, self.eps
             )
-        elif mode in ("batch", "record"):
-            if mode == "record":
-                mean, ex2 = moments(xv, (0, 2))
-                self._record(xv.numel() // self.groups, mean, ex2)
+        elif mode == "record":
+            y = record_batch_norm(self, xv, eps=self.eps)
+        elif mode == "batch":
             y = F.batch_norm(xv, None, None, None, None, True, 0.0, self.eps)
         else:
             y = F.batch_norm(

@@ -7,26 +7,41 @@ from collections.abc import Iterable, Iterator
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
+from normlab.data.tensors import NormalizeCollate, TensorImageDataset
 from normlab.norms.batch import BatchNorm2d
 from normlab.norms.batch_group import BatchGroupNorm2d
 from normlab.norms.population import iter_population_layers
 from normlab.norms.virtual import set_virtual_batch_size, virtual_batch_size_of
-from normlab.stats.precise_bn import update_population_stats
+from normlab.stats.precise_bn import BatchAugmentedImages, update_population_stats
 
 
 def training_loader(datamodule: L.LightningDataModule, batch_size: int, seed: int) -> DataLoader:
     """A shuffled loader over the training set (training augmentation) with its own batch size
-    and RNG, so estimating statistics does not change the training data order."""
+    and RNG, so estimating statistics does not change the training data order.
+
+    In-memory image sets are augmented a whole batch at a time (BatchAugmentedImages, same
+    sample order and augmentation distribution, its own seeded generator); others go through
+    their dataset and collate function sample by sample."""
     generator = torch.Generator().manual_seed(seed)
+    dataset = datamodule.train_set  # type: ignore[attr-defined]
+    collate = datamodule.collate  # type: ignore[attr-defined]
+    if isinstance(dataset, TensorImageDataset) and isinstance(collate, NormalizeCollate):
+        order = RandomSampler(dataset, generator=generator)  # the order shuffle=True gives
+        return DataLoader(
+            BatchAugmentedImages(dataset, collate, seed + 1),
+            sampler=BatchSampler(order, batch_size, drop_last=False),
+            batch_size=None,  # the dataset returns whole batches
+            generator=generator,  # as below: worker seed first, then the permutation
+        )
     return DataLoader(
-        datamodule.train_set,  # type: ignore[attr-defined]
+        dataset,
         batch_size=batch_size,
         shuffle=True,
         drop_last=False,  # update_population_stats skips a final batch of one itself
         generator=generator,
-        collate_fn=datamodule.collate,  # type: ignore[attr-defined]
+        collate_fn=collate,
     )
 
 
