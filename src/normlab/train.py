@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -25,6 +25,7 @@ from normlab.callbacks import (
     ReconcileNormBuffers,
     StopAfterEpochs,
     ThroughputMonitor,
+    progress_bar,
 )
 from normlab.console import print_config
 from normlab.data import ImageDataModule, build_datamodule
@@ -213,13 +214,9 @@ def build_callbacks(
     ckpt = cfg.callbacks.checkpoint
     if ckpt.get("enabled", True):
         callbacks.extend(checkpoint_callbacks(output_dir / "checkpoints", ckpt))
-    progress = cfg.callbacks.get("progress", "rich")
-    if progress == "rich":
-        callbacks.append(RichProgressBar())
-    elif progress == "tqdm":
-        callbacks.append(TQDMProgressBar())
-    elif progress != "none":
-        raise ValueError(f"callbacks.progress must be rich, tqdm or none, got '{progress}'")
+    bar = progress_bar(str(cfg.callbacks.get("progress", "rich")))
+    if bar is not None:
+        callbacks.append(bar)
     return callbacks
 
 
