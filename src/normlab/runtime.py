@@ -4,7 +4,7 @@ Several jobs on one machine (a submitit_local sweep, SLURM tasks sharing a node)
 thread per core of the whole machine oversubscribe it and run many times slower than sharing
 explains, so each job sizes its threads from its own share: its CPU affinity (SLURM and
 submitit pin tasks to cores), SLURM_CPUS_PER_TASK, and the share the local launcher below hands
-each of the jobs it starts at once (normlab.launcher).
+each of the jobs it starts at once (hydra_plugins.normlab_launcher).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-#: Cores per job that normlab.launcher.SharedCoresLocalLauncher hands to the jobs it starts (an environment
+#: Cores per job that hydra_plugins.normlab_launcher.SharedCoresLocalLauncher hands to the jobs it starts (an environment
 #: variable, inherited by the job processes).
 CORES_ENV = "NORMLAB_CPUS_PER_JOB"
 

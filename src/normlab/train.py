@@ -34,6 +34,7 @@ from normlab.models import build_model
 from normlab.norms import norm_factory
 from normlab.optim import scaled_lr
 from normlab.results import redact, write_results
+from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.stats.setup import diagnostics_callback, statistics_callbacks
 
@@ -255,6 +256,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if primary:
         write_results(output_dir, results)
     try:
+        spawned = trainer_args(cfg).get("strategy") == "ddp_spawn"  # ranks share this job's cores
+        ranks = device_count(cfg.trainer) if spawned else 1
+        results["threads"] = configure_threads(cfg.get("threads"), ranks)
         results.update(_fit(cfg, output_dir, primary))
     except Exception as error:
         results.update(status="failed", error=redact(f"{type(error).__name__}: {error}"))

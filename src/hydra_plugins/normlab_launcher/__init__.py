@@ -1,4 +1,7 @@
-"""Hydra's submitit_local launcher, sharing the machine's cores among the jobs it starts."""
+"""Hydra's submitit_local launcher, sharing the machine's cores among the jobs it starts.
+
+A Hydra plugin (Hydra instantiates launchers only from the hydra_plugins namespace package):
+conf/hydra/launcher/submitit_local.yaml names it."""
 
 from __future__ import annotations
 
