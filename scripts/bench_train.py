@@ -73,16 +73,18 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose(config_name="train", overrides=overrides)
 
 
-def plan(cfg: DictConfig, batch: int, steps: int) -> tuple[int, int | None, int]:
+def plan(
+    cfg: DictConfig, batch: int, steps: int, max_epochs: int = 3
+) -> tuple[int, int | None, int]:
     """(epochs, training samples or None for all, steps per epoch) so that about `steps` steps
-    are timed, with `SKIP` more per epoch untimed."""
+    are timed (at most `max_epochs` epochs), with `SKIP` more per epoch untimed."""
     data = build_datamodule(cfg.data, batch, seed=int(cfg.seed))
     data.setup("fit")
     available = len(data.train_set) // batch  # type: ignore[arg-type]
     per_epoch = min(available, steps + SKIP)
     if per_epoch <= SKIP:
         raise SystemExit(f"batch {batch}: only {available} steps per epoch, need > {SKIP}")
-    epochs = math.ceil(steps / (per_epoch - SKIP))
+    epochs = min(max_epochs, math.ceil(steps / (per_epoch - SKIP)))
     return epochs, (per_epoch * batch if per_epoch < available else None), per_epoch
 
 
@@ -208,6 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 128])
     parser.add_argument("--steps", type=int, default=120, help="timed steps per run (about)")
+    parser.add_argument(
+        "--max-epochs", type=int, default=3, help="at most this many epochs per run (large batches)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data", default="digits")
     parser.add_argument("--norm", default="bn")
@@ -238,7 +243,7 @@ def main() -> None:
     rows = []
     for batch in args.batch_sizes:
         base = compose([f"data={args.data}", f"batch_size={batch}"])
-        epochs, samples, per_epoch = plan(base, batch, args.steps)
+        epochs, samples, per_epoch = plan(base, batch, args.steps, args.max_epochs)
         overrides = overrides_for(args, batch, epochs, samples)
         plain, lightning = [], []
         for repeat in range(args.repeats):
