@@ -183,7 +183,8 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         f"{args.threads} thread(s); CPU: {cpu_model()}; device: {device}  ",
         f"Model {args.model} + {args.norm}, data {args.data}, SGD as conf/optim/sgd.yaml. "
         f"train.py = `normlab.train.run` on the composed `python train.py` config (in process); "
-        f"plain = zero_grad, forward, cross_entropy, backward, step. Both count the images of "
+        f"plain = zero_grad, forward, cross_entropy, backward, step (the same fused SGD). "
+        f"Both count the images of "
         f"every step after the first {SKIP} of each epoch, data loading included, validation "
         f"and checkpoints excluded; {args.repeats} interleaved repeats, medians.",
         "",
