@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from normlab.runtime import owned_cores
 from tests.helpers import run_train
 
 AXES = ("norm", "batch_size", "model", "data", "seed", "devices")
@@ -39,6 +40,7 @@ def test_default_job_trains_and_writes_results(tmp_path: Path) -> None:
     assert results["val_acc"] > 0.3, "better than chance (0.1) on real digits"
     assert 0 <= results["val_acc"] <= results["best_val_acc"] <= 1
     assert results["train_images_per_s"] > 0
+    assert results["threads"] == owned_cores()  # threads: null, one job: all its cores
     run = tmp_path / "run"
     assert (run / ".hydra" / "config.yaml").exists() and (run / "config_resolved.yaml").exists()
     assert (run / "checkpoints" / "last.ckpt").exists() and (
@@ -65,6 +67,26 @@ def test_two_by_two_multirun_writes_four_results(tmp_path: Path) -> None:
     combos = {(r["norm"], r["batch_size"]) for r in map(load_results, folders)}
     assert combos == {("bn", 16), ("bn", 32), ("gn", 16), ("gn", 32)}
     assert all(load_results(f)["status"] == "completed" for f in folders)
+
+
+def test_submitit_local_jobs_started_at_once_share_the_cores(tmp_path: Path) -> None:
+    proc = run_train(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "norm=bn,gn",
+            "trainer.max_epochs=1",
+            "data.train_samples=64",
+            "data.val_samples=64",
+            "logger=none",
+            "callbacks.checkpoint.enabled=false",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [load_results(p.parent) for p in (tmp_path / "sweep").glob("*/results.json")]
+    assert len(results) == 2 and all(r["status"] == "completed" for r in results)
+    assert {r["threads"] for r in results} == {max(1, owned_cores() // 2)}
 
 
 def test_cifar10_from_the_shared_folder(tmp_path: Path, cifar10_root: Path) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from torch import Tensor, nn
 
 from normlab.norms import is_norm_layer
@@ -19,9 +21,13 @@ class ThroughputMonitor(L.Callback):
     """Training images per second over all steps but the first `skip` of each epoch.
 
     Wall time between consecutive batch ends, so data loading counts and validation does not.
+    On a GPU the clock is read after a synchronisation at the start of the timed stretch and
+    at the end of the epoch's last batch only, so the sum is exact and no step waits.
     """
 
     def __init__(self, batch_size: int, world_size: int = 1, skip: int = 2) -> None:
+        if skip < 1:
+            raise ValueError(f"ThroughputMonitor needs skip >= 1 (a start mark), got {skip}")
         self.images_per_step = batch_size * world_size
         self.skip = skip
         self.images = 0
@@ -34,8 +40,15 @@ class ThroughputMonitor(L.Callback):
         self._index = 0
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
+        if self._index == self.skip - 1 or batch_idx + 1 >= trainer.num_training_batches:
+            synchronize(pl_module.device)
         now = time.perf_counter()
         if self._last is not None and self._index >= self.skip:
             self.seconds += now - self._last
@@ -47,6 +60,43 @@ class ThroughputMonitor(L.Callback):
     def images_per_second(self) -> float | None:
         """Measured throughput, None before enough steps ran."""
         return self.images / self.seconds if self.seconds > 0 else None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the queued work of a CUDA device (a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _TrainLossInProgressBar:
+    """Shows the latest training loss the module read back (a host float, see
+    normlab.lit.Classifier), so the bar never converts a device tensor per step."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        loss = getattr(pl_module, "last_train_loss", None)
+        if loss is not None:
+            metrics["train/loss"] = loss
+        return metrics
+
+
+class RichProgress(_TrainLossInProgressBar, RichProgressBar):
+    """Lightning's rich progress bar with the training loss."""
+
+
+class TQDMProgress(_TrainLossInProgressBar, TQDMProgressBar):
+    """Lightning's tqdm progress bar with the training loss."""
+
+
+def progress_bar(kind: str) -> L.Callback | None:
+    """The progress bar `callbacks.progress` names: rich, tqdm, or none (None)."""
+    if kind == "rich":
+        return RichProgress()
+    if kind == "tqdm":
+        return TQDMProgress()
+    if kind != "none":
+        raise ValueError(f"callbacks.progress must be rich, tqdm or none, got '{kind}'")
+    return None
 
 
 class MetricHistory(L.Callback):

@@ -1,9 +1,17 @@
-"""The LightningModule: cross-entropy classification with normlab's optimizer settings."""
+"""The LightningModule: cross-entropy classification with normlab's optimizer settings.
+
+Per training step it queues only device work (no `.item()`, no collective): the step's loss goes
+into a device buffer and a device flag marks a diverged step. Every `trainer.log_every_n_steps`
+steps and at the end of each epoch one transfer reads the buffer back: the step loss is logged,
+the epoch mean is kept exactly, and a flagged step ends the run as 'diverged' (all DDP ranks
+decide together). A flagged step never changes the weights: the optimizer runs its fused kernel
+with `found_inf` set to the flag, which skips the whole update on the device.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -12,8 +20,34 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
-from normlab.norms import notify_optimizer_step
 from normlab.optim import build_optimizer, lr_lambda
+
+
+def guard_optimizer(optimizer: torch.optim.Optimizer, found_inf: Tensor) -> None:
+    """Make `optimizer` skip its whole update (weights, momentum) whenever `found_inf` is 1.
+
+    Switches torch's SGD to its fused kernel, which reads `found_inf` on the device as AMP's
+    GradScaler does, so skipping a step needs no host synchronisation. Called again after a
+    checkpoint restored the parameter groups (they carry the `fused` setting).
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise TypeError(
+            f"the divergence guard needs torch.optim.SGD, got {type(optimizer).__name__}"
+        )
+    for group in optimizer.param_groups:
+        group["fused"] = True
+        group["foreach"] = None
+    optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+
+
+def optimizer_step_hooks(model: nn.Module) -> list[Callable[[], None]]:
+    """The `on_optimizer_step` hooks of `model`'s stateful layers (CBN's window), found once."""
+    hooks = []
+    for module in model.modules():
+        hook = getattr(module, "on_optimizer_step", None)
+        if callable(hook):
+            hooks.append(hook)
+    return hooks
 
 
 class Classifier(L.LightningModule):
@@ -36,36 +70,135 @@ class Classifier(L.LightningModule):
         self.loss_threshold = loss_threshold
         self.diverged = False
         self.divergence_reason = ""
-        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+        self.last_train_loss: float | None = None  # host copy of the latest step loss read back
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.val_acc5 = (
             torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, top_k=5)
             if num_classes > 10
             else None
         )
+        # Device-side training state (never saved): 1.0 once a step diverged (the optimizer's
+        # found_inf), the losses since the last read-back, correct predictions this epoch.
+        self.register_buffer("_bad", torch.zeros(1), persistent=False)
+        self.register_buffer("_window", torch.zeros(1), persistent=False)
+        self.register_buffer("_correct", torch.zeros((), dtype=torch.long), persistent=False)
+        self._filled = 0  # losses in _window not read back yet
+        self._window_start = 0  # global step of _window[0]
+        self._loss_sum = 0.0  # host, float64: losses read back this epoch, up to a divergence
+        self._summed = 0  # losses in _loss_sum
+        self._samples = 0  # training samples this epoch
+        self._step_hooks: list[Callable[[], None]] = []
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+    # ----------------------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        self._step_hooks = optimizer_step_hooks(self.model)
+        for optimizer in self.trainer.optimizers:
+            guard_optimizer(optimizer, self._bad)
+        size = self.trainer.log_every_n_steps or 50  # log_every_n_steps=0: read back every 50
+        if self._window.numel() < size:
+            self._window = torch.zeros(size, device=self._bad.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._filled, self._window_start = 0, self.global_step
+        self._loss_sum, self._summed, self._samples = 0.0, 0, 0
+        self._correct.zero_()
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """An (images, labels) pair moves with two calls, not Lightning's generic traversal."""
+        if (
+            isinstance(batch, list | tuple)
+            and len(batch) == 2
+            and all(isinstance(item, Tensor) for item in batch)
+        ):
+            return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels)
-        value = loss.detach().item()
-        bad = not math.isfinite(value) or value > self.loss_threshold
-        # Under DDP every rank must skip the update together, or the others wait in all-reduce.
-        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            self.diverged = True
-            self.divergence_reason = f"train loss {value:.4g} at step {self.global_step}"
-            self.trainer.should_stop = True
-            if self.trainer.world_size > 1:  # DDP cannot skip a step: zero gradients everywhere
-                return torch.stack([(p * 0.0).sum() for p in self.parameters()]).sum()
-            return None  # skip the update; the run stops with status 'diverged'
-        self.train_acc(logits.detach(), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        value = loss.detach()
+        if self._filled == 0:
+            self._window_start = self.global_step
+        self._window[self._filled] = value
+        self._filled += 1
+        # NaN, inf or above the threshold: `not (value <= threshold)` is all three at once.
+        self._bad.copy_(torch.where(value <= self.loss_threshold, self._bad, 1.0))
+        self._correct.add_((logits.detach().argmax(dim=1) == labels).sum())
+        self._samples += labels.shape[0]
+        if self.trainer.world_size > 1:
+            # Gradients are averaged over ranks, so one rank's diverged loss must reach all of
+            # them: a flagged loss turns every gradient into NaN, which each rank then detects
+            # in on_after_backward and skips together.
+            loss = loss * torch.where(self._bad[0] > 0, math.nan, 1.0)
         return loss
 
+    def on_after_backward(self) -> None:
+        if self.trainer.world_size > 1:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            torch._amp_foreach_non_finite_check_and_unscale_(
+                grads, self._bad, self._bad.new_ones(1)
+            )
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step (skipped on the device after divergence), then tell stateful layers (CBN's
+        window) that an optimizer step happened."""
+        super().optimizer_step(*args, **kwargs)
+        for hook in self._step_hooks:
+            hook()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.trainer.log_every_n_steps
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if (
+            last
+            or self._filled >= self._window.numel()
+            or (every and self.global_step % every == 0)
+        ):
+            self._read_back()
+
+    def _read_back(self) -> None:
+        """One transfer: the losses since the last read-back and the divergence flag; log the
+        latest step loss; all ranks agree whether to stop."""
+        if self._filled == 0:
+            return
+        losses = self._window[: self._filled].tolist()
+        bad = bool(self._bad.item())
+        start, self._filled = self._window_start, 0
+        first = next((i for i, v in enumerate(losses) if not v <= self.loss_threshold), None)
+        good = losses if first is None else losses[:first]  # the epoch mean stops at divergence
+        self._loss_sum += math.fsum(good)
+        self._summed += len(good)
+        self.last_train_loss = losses[-1]
+        self.log("train/loss_step", losses[-1], on_step=True, on_epoch=False)
+        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        self.diverged = True
+        self.trainer.should_stop = True
+        if first is not None:
+            self.divergence_reason = f"train loss {losses[first]:.4g} at step {start + first}"
+        elif not self.divergence_reason:
+            self.divergence_reason = (
+                f"non-finite gradients (a diverged loss on another rank) by step {self.global_step}"
+            )
+
+    def on_train_epoch_end(self) -> None:
+        self._read_back()
+        if self._summed == 0 or self._samples == 0:
+            return
+        # Exact epoch means; under DDP every rank has as many steps and samples, so the mean
+        # of the ranks' means (sync_dist) is the mean over all of them.
+        mean_loss = torch.tensor(self._loss_sum / self._summed, device=self._correct.device)
+        accuracy = self._correct.double() / self._samples
+        self.log("train/loss_epoch", mean_loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/acc", accuracy.float(), on_step=False, on_epoch=True, sync_dist=True)
+
+    # --------------------------------------------------------------------------- evaluation
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self.model(images)
@@ -76,11 +209,6 @@ class Classifier(L.LightningModule):
         if self.val_acc5 is not None:
             self.val_acc5(logits, labels)
             self.log("val/acc5", self.val_acc5, on_epoch=True)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step, then tell stateful layers (CBN's window) that an optimizer step happened."""
-        super().optimizer_step(*args, **kwargs)
-        notify_optimizer_step(self.model)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim_cfg, self.lr)

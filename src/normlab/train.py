@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -25,6 +25,7 @@ from normlab.callbacks import (
     ReconcileNormBuffers,
     StopAfterEpochs,
     ThroughputMonitor,
+    progress_bar,
 )
 from normlab.console import print_config
 from normlab.data import ImageDataModule, build_datamodule
@@ -33,6 +34,7 @@ from normlab.models import build_model
 from normlab.norms import norm_factory, set_virtual_batch_size
 from normlab.optim import scaled_lr
 from normlab.results import redact, write_results
+from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.stats.setup import diagnostics_callback, statistics_callbacks
 
@@ -246,13 +248,9 @@ def build_callbacks(
     ckpt = cfg.callbacks.checkpoint
     if ckpt.get("enabled", True):
         callbacks.extend(checkpoint_callbacks(output_dir / "checkpoints", ckpt))
-    progress = cfg.callbacks.get("progress", "rich")
-    if progress == "rich":
-        callbacks.append(RichProgressBar())
-    elif progress == "tqdm":
-        callbacks.append(TQDMProgressBar())
-    elif progress != "none":
-        raise ValueError(f"callbacks.progress must be rich, tqdm or none, got '{progress}'")
+    bar = progress_bar(str(cfg.callbacks.get("progress", "rich")))
+    if bar is not None:
+        callbacks.append(bar)
     return callbacks
 
 
@@ -291,6 +289,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if primary:
         write_results(output_dir, results)
     try:
+        spawned = trainer_args(cfg).get("strategy") == "ddp_spawn"  # ranks share this job's cores
+        ranks = device_count(cfg.trainer) if spawned else 1
+        results["threads"] = configure_threads(cfg.get("threads"), ranks)
         results.update(_fit(cfg, output_dir, primary))
     except Exception as error:
         results.update(status="failed", error=redact(f"{type(error).__name__}: {error}"))
