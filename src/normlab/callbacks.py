@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from torch import Tensor, nn
 
 from normlab.norms import is_norm_layer
+from normlab.norms.virtual import reconcile_virtual_ranks
 
 
 class ThroughputMonitor(L.Callback):
@@ -163,12 +164,14 @@ class ReconcileNormBuffers(L.Callback):
     Before every validation (which is also before the epoch's checkpoint) and at the end of
     each training epoch, the running_* buffers of batch-dependent norm layers are averaged
     across ranks with an all-reduce, so evaluation, checkpoints and the saved model use one
-    set of population statistics, the same on every rank.
+    set of population statistics, the same on every rank. Layers that keep per-virtual-rank
+    state (virtual devices) collapse it to the ranks' mean at the same points.
     """
 
     def _reconcile(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
             average_across_ranks(batch_dependent_buffers(pl_module))
+        reconcile_virtual_ranks(pl_module)  # virtual devices: the same, for emulated ranks
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reconcile(trainer, pl_module)
