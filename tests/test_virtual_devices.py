@@ -63,9 +63,18 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
-@pytest.mark.parametrize("norm", ["bn", "ghost_bn"])
+EXTRA = {
+    "bn": [],
+    "ghost_bn": ["norm.ghost_batch_size=4"],
+    # r and d active from the start: each rank corrects toward its own moving averages, which
+    # the two runs reconcile at the same points
+    "brn": ["norm.warmup_steps=0", "norm.r_max_steps=0", "norm.d_max_steps=0", "norm.r_max=1.5"],
+}
+
+
+@pytest.mark.parametrize("norm", sorted(EXTRA))
 def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> None:
-    extra = ["norm.ghost_batch_size=4"] if norm == "ghost_bn" else []
+    extra = EXTRA[norm]
     ddp = run_train([*COMMON, f"norm={norm}", *extra, "trainer=ddp_cpu"], tmp_path / "ddp")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     virtual = run_train([*COMMON, f"norm={norm}", *extra, "virtual_devices=2"], tmp_path / "vd")

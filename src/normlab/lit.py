@@ -94,6 +94,9 @@ class Classifier(L.LightningModule):
 
     # ----------------------------------------------------------------------------- training
     def on_train_start(self) -> None:
+        # float32 whatever the module's precision (64-true converts buffers): the fused
+        # optimizer and the non-finite check read it as AMP's found_inf
+        self._bad = self._bad.float()
         self._step_hooks = optimizer_step_hooks(self.model)
         for optimizer in self.trainer.optimizers:
             guard_optimizer(optimizer, self._bad)
