@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all sweep bench report lint format data clean
+.PHONY: help install train test test-fast test-all sweep bench report lint format data clean
 
 help: ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,7 +32,15 @@ install: $(STAMP) ## create .venv and install normlab (editable) with dev extras
 train: $(STAMP) ## run the default job (real digits data, CPU); extra overrides via ARGS="..."
 	$(BIN)/python train.py $(ARGS)
 
-test: $(STAMP) ## run the fast test suite
+# In-process tests only (layers, models, statistics, optimizer, config, report): the edit loop.
+FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stats/test_precise_fast.py \
+	tests/stats/test_precise_bn_virtual.py tests/test_optim.py tests/test_config.py tests/test_lit.py \
+	tests/test_runtime.py tests/test_report.py tests/test_diagnostics.py
+
+test-fast: $(STAMP) ## in-process tests only, about 1 minute on 2 cores (no train.py subprocesses)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(FAST_TESTS) $(ARGS)
+
+test: $(STAMP) ## the test suite CI runs (every test but the slow ones)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(ARGS)
 
 test-all: $(STAMP) ## run every test, the slow ones too

@@ -46,8 +46,8 @@ def test_virtual_rank_sampler_serves_each_ranks_ddp_share_in_chunks(
 COMMON = [
     "data=digits",
     "data.augment=false",  # DDP ranks draw augmentations from per-rank seeds
-    "data.train_samples=96",
-    "data.val_samples=32",
+    "data.train_samples=64",
+    "data.val_samples=16",
     "trainer.max_epochs=2",
     "trainer.num_sanity_val_steps=0",
     "callbacks.checkpoint.save_best=false",
@@ -72,7 +72,11 @@ EXTRA = {
 }
 
 
-@pytest.mark.parametrize("norm", sorted(EXTRA))
+@pytest.mark.parametrize(
+    "norm",
+    # ghost_bn's per-chunk ghosts are checked layer by layer (tests/norms); its run is slow
+    [n if n != "ghost_bn" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(EXTRA)],
+)
 def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> None:
     extra = EXTRA[norm]
     ddp = run_train([*COMMON, f"norm={norm}", *extra, "trainer=ddp_cpu"], tmp_path / "ddp")
@@ -85,7 +89,7 @@ def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> N
     assert vd_results["world_size"] == 1
     assert ddp_results["global_batch_size"] == 16
     assert vd_results["lr"] == pytest.approx(ddp_results["lr"])
-    assert vd_results["steps"] == ddp_results["steps"] == 2 * (96 // 16)
+    assert vd_results["steps"] == ddp_results["steps"] == 2 * (64 // 16)
     ddp_weights = _weights(tmp_path / "ddp" / "run")
     vd_weights = _weights(tmp_path / "vd" / "run")
     assert ddp_weights.keys() == vd_weights.keys()
@@ -97,14 +101,9 @@ def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> N
             assert torch.equal(vd_weights[key], value), key
 
 
-def test_virtual_devices_refused_by_cbn_with_reason(tmp_path: Path) -> None:
-    result = run_train(["norm=cbn", "batch_size=4", "virtual_devices=2"], tmp_path)
-    assert result.returncode == 1
-    assert "virtual_devices > 1 is not supported by cbn" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_bad_virtual_devices_value(tmp_path: Path) -> None:
+    """One line, no traceback (a method that refuses virtual devices, such as cbn, takes the
+    same path with its reason: tests/norms/test_virtual_devices.py)."""
     result = run_train(["virtual_devices=0"], tmp_path)
     assert result.returncode != 0
     assert "virtual_devices must be an int >= 1" in result.stderr
