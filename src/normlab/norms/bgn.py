@@ -79,7 +79,8 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats, VirtualDevices):
                 xv, self.running_mean, self.running_var, None, None, False, 0.0, self.eps
             )
         y = y.reshape_as(x)
-        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
+        shape = (1, -1, 1, 1)
+        return torch.addcmul(self.bias.view(shape), y, self.weight.view(shape)).to(x.dtype)
 
     def virtual_chunks(self, batch_size: int) -> int:
         """How many virtual-device chunks a batch of `batch_size` normalizes as."""

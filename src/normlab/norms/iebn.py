@@ -30,8 +30,10 @@ class InstanceEnhancementBatchNorm2d(BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         x_hat = self.batch_norm(x, None, None)
-        gate = torch.sigmoid(self.gate_weight * x.mean(dim=(2, 3), keepdim=True) + self.gate_bias)
-        y = x_hat * (self.weight.view(1, -1, 1, 1) * gate) + self.bias.view(1, -1, 1, 1)
+        gap = x.mean(dim=(2, 3), keepdim=True)
+        gate = torch.sigmoid(torch.addcmul(self.gate_bias, self.gate_weight, gap))
+        # one fused pass: beta + x_hat * (gamma * gate), the scale per sample and channel
+        y = torch.addcmul(self.bias.view(1, -1, 1, 1), x_hat, self.weight.view(1, -1, 1, 1) * gate)
         return y.to(x.dtype)
 
     def zero_init_(self) -> None:
