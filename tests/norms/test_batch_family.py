@@ -285,6 +285,19 @@ def test_bgn_with_groups_equal_channels_is_bn() -> None:
     torch.testing.assert_close(bgn(data(8)), bn(data(8)))
 
 
+def test_brn_without_warmup_clips_from_the_first_step() -> None:
+    """warmup_steps=0 with ramps ending at 0: the full limits apply at step 0 (they used to
+    start one step late)."""
+    layer = build_norm("brn", C, warmup_steps=0, r_max_steps=0, d_max_steps=0, r_max=2.0)
+    r_max, d_max = layer.current_limits()
+    assert (float(r_max), float(d_max)) == (2.0, 5.0)
+    later = build_norm("brn", C, warmup_steps=3, r_max_steps=3, d_max_steps=3, r_max=2.0)
+    later.num_steps.fill_(2)
+    assert [float(v) for v in later.current_limits()] == [1.0, 0.0]
+    later.num_steps.fill_(3)
+    assert [float(v) for v in later.current_limits()] == [2.0, 5.0]
+
+
 def test_brn_schedule_and_warmup_is_bn() -> None:
     layer = build_norm("brn", C, warmup_steps=10, r_max_steps=20, d_max_steps=15).double()
     assert [float(v) for v in layer.current_limits()] == [1.0, 0.0]

@@ -32,8 +32,10 @@ from normlab.norms.virtual import VirtualDevices, chunks_of
 
 
 def _ramp(step: Tensor, start: int, end: int) -> Tensor:
-    """0 before `start`, linear to 1 at `end` (a step at `start` when end <= start)."""
-    return ((step - start) / max(end - start, 1)).clamp(0.0, 1.0)
+    """0 before `start`, linear to 1 at `end` (a step to 1 at `start` when end <= start)."""
+    if end <= start:
+        return (step >= start).to(step.dtype)
+    return ((step - start) / (end - start)).clamp(0.0, 1.0)
 
 
 class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
