@@ -61,6 +61,7 @@ def test_sweep_value_of_wrong_type_is_refused_before_any_job(tmp_path: Path) -> 
         (["trainer.devices=64"], "trainer.devices=64 CPU processes but this machine has only"),
         (["trainer=gpu"], "no GPU is visible"),
         (["data.train_samples=5000"], "data.train_samples=5000 exceeds the 1437 samples of"),
+        (["precise_bn.num_samples=100"], "precise_bn.num_samples=100 exceeds the 64 training"),
     ],
 )
 def test_run_errors_are_one_line_before_training(

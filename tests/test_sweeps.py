@@ -34,6 +34,7 @@ def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> N
     failed = json.loads((tmp_path / "sweep" / "1" / "results.json").read_text())
     assert "batch_size must be >= 1" in failed["error"]
     assert "sweep finished: 4 jobs: 1 completed, 2 failed, 1 diverged" in result.stdout
+    assert "normlab: diverged (train loss " in result.stdout  # a diverged run says why
 
 
 def test_submitit_local_sweep_completes(tmp_path: Path) -> None:

@@ -127,3 +127,11 @@ def test_bad_norm_parameter_exits_with_one_clear_line(tmp_path: Path) -> None:
     assert "normlab: error: gn: groups=5 does not divide num_channels=16" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert load_results(tmp_path / "run")["status"] == "failed"
+
+
+def test_fast_dev_run_is_recorded_as_a_debug_run(tmp_path: Path) -> None:
+    """A smoke test is not a result: status 'debug', which reports never average in."""
+    proc = run_train(["+trainer.fast_dev_run=true", "logger=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_results(tmp_path / "run")["status"] == "debug"
+    assert "normlab: learning rate " in proc.stdout  # the effective (scaled) rate is printed

@@ -208,5 +208,6 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         if multirun:
             return None
         sys.exit(1)
-    print(f"normlab: {results['status']}; results in {output_dir / 'results.json'}")
+    reason = f" ({results['divergence_reason']})" if results.get("divergence_reason") else ""
+    print(f"normlab: {results['status']}{reason}; results in {output_dir / 'results.json'}")
     return results.get("best_val_acc")

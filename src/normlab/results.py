@@ -11,7 +11,8 @@ from typing import Any
 
 RESULTS_FILE = "results.json"
 RESULTS_MODE = 0o644  # readable by the group and others, like every other output of a run
-STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+# "debug": a run under trainer.fast_dev_run (a smoke test, never averaged into a report)
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted", "debug")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 REDACTED = "<redacted>"
 

@@ -198,6 +198,17 @@ def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:
             check(batch_size)
 
 
+def check_precise_bn_samples(num_samples: int, datamodule: ImageDataModule) -> None:
+    """Refuse, before training, a PreciseBN sample count the training set cannot supply (it
+    failed only at the first validation, after an epoch of work)."""
+    available = len(datamodule.train_set)  # type: ignore[arg-type]
+    if num_samples > available:
+        raise ValueError(
+            f"precise_bn.num_samples={num_samples} exceeds the {available} training samples of "
+            f"data={datamodule.name}; use at most {available}"
+        )
+
+
 def csv_version(output_dir: Path) -> str:
     """'' (csv/metrics.csv) for a fresh run; a resumed run that finds earlier metrics writes
     csv/resumed_<k>/metrics.csv instead, since Lightning's CSV logger would overwrite them."""
@@ -325,6 +336,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
 
 
 def read_summary(output_dir: Path) -> dict[str, Any]:
@@ -356,6 +368,7 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
         cfg.model, norm, datamodule.num_classes, datamodule.in_channels, datamodule.image_size
     )
     check_norm_batch_size(model, batch_size)
+    check_precise_bn_samples(int(cfg.precise_bn.num_samples), datamodule)
     set_virtual_batch_size(model, batch_size if virtual > 1 else None)
     target = build_target_domain(cfg, datamodule)
     ckpt_path = resume_checkpoint(cfg, output_dir)
@@ -363,6 +376,13 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
     global_batch = batch_size * virtual * world * accumulate
     lr = scaled_lr(float(cfg.optim.lr), global_batch, cfg.optim.get("ref_batch_size"))
+    if primary:
+        print(
+            f"normlab: learning rate {lr:.6g} (optim.lr {cfg.optim.lr} scaled to the global batch "
+            f"{global_batch}: batch_size {batch_size} x virtual_devices {virtual} x {world} "
+            f"device(s) x {accumulate} accumulation / optim.ref_batch_size "
+            f"{cfg.optim.get('ref_batch_size')})"
+        )
     module = Classifier(
         model,
         datamodule.num_classes,
@@ -408,6 +428,8 @@ def _fit(cfg: DictConfig, output_dir: Path, primary: bool = True) -> dict[str, A
         if summary["diverged"]
         else "interrupted"
         if summary["interrupted"]
+        else "debug"
+        if cfg.trainer.get("fast_dev_run")
         else "completed"
     )
     results = {
