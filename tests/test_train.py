@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from normlab.runtime import owned_cores
 from tests.helpers import run_train
 
@@ -69,6 +71,7 @@ def test_two_by_two_multirun_writes_four_results(tmp_path: Path) -> None:
     assert all(load_results(f)["status"] == "completed" for f in folders)
 
 
+@pytest.mark.slow  # two jobs under submitit_local (30 s); configure_threads is unit-tested
 def test_submitit_local_jobs_started_at_once_share_the_cores(tmp_path: Path) -> None:
     proc = run_train(
         [

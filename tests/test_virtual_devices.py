@@ -74,8 +74,9 @@ EXTRA = {
 
 @pytest.mark.parametrize(
     "norm",
-    # ghost_bn's per-chunk ghosts are checked layer by layer (tests/norms); its run is slow
-    [n if n != "ghost_bn" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(EXTRA)],
+    # ghost_bn's ghosts and brn's per-rank moving averages are also checked layer by layer
+    # against separate ranks (tests/norms/test_virtual_devices.py); their runs are slow
+    [n if n == "bn" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(EXTRA)],
 )
 def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> None:
     extra = EXTRA[norm]
@@ -85,6 +86,11 @@ def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> N
     assert virtual.returncode == 0, virtual.stderr[-3000:]
     ddp_results = json.loads((tmp_path / "ddp" / "run" / "results.json").read_text())
     vd_results = json.loads((tmp_path / "vd" / "run" / "results.json").read_text())
+    # the DDP run itself: one result from rank 0, global batch and scaled lr, one run folder
+    assert ddp_results["status"] == "completed" and ddp_results["world_size"] == 2
+    assert ddp_results["lr"] == pytest.approx(0.1 * 16 / 256)  # optim.lr at ref_batch_size 256
+    assert ddp.stdout.count("normlab: completed") == 1  # only rank 0 reports
+    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["run"]  # no folders per rank
     assert (vd_results["virtual_devices"], vd_results["global_batch_size"]) == (2, 16)
     assert vd_results["world_size"] == 1
     assert ddp_results["global_batch_size"] == 16
