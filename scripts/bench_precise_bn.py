@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from hardware import cpu_model
 from normlab.data.base import ImageDataModule
 from normlab.data.build import build_datamodule
 from normlab.data.shared import ensure_shared_cifar10
@@ -158,17 +158,6 @@ def epoch_seconds(
     sync(device)
     per_image = len(module.train_set) / images  # type: ignore[arg-type]
     return (time.perf_counter() - start) * per_image, (time.process_time() - cpu) * per_image
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where available)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

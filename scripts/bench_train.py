@@ -29,7 +29,6 @@ import datetime
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from hardware import cpu_model  # noqa: E402
 from normlab.callbacks import ThroughputMonitor  # noqa: E402
 from normlab.data import build_datamodule  # noqa: E402
 from normlab.models import build_model  # noqa: E402
@@ -159,17 +159,6 @@ def plain_images_per_s(overrides: list[str], device: str) -> float:
             seconds += time.perf_counter() - start
             images += counted
     return images / seconds
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:

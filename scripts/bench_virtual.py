@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hardware import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,17 +40,6 @@ def train_images_per_s(overrides: list[str], workdir: Path) -> float:
         raise RuntimeError(f"{' '.join(overrides)} failed:\n{proc.stderr[-2000:]}")
     results = json.loads((run_dir / "results.json").read_text())
     return float(results["train_images_per_s"])
-
-
-def cpu_model() -> str:
-    """The CPU's model name (lscpu), or platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from hardware import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHES = {
     "norms": ["scripts/bench_norms.py"],
@@ -30,14 +32,7 @@ BENCHES = {
 
 def machine() -> str:
     """CPU model and core count, GPU name when one is used."""
-    model = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    text = f"{model}, {os.cpu_count()} cores"
+    text = f"{cpu_model()}, {os.cpu_count()} cores"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
