@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from hardware import command_line  # noqa: E402
 from normlab.norms import available_norms, build_norm, get_norm_spec, notify_optimizer_step
 
 Shape = tuple[int, int, int, int]
@@ -339,7 +338,7 @@ def main() -> None:
     print(f"total {elapsed:.0f} s")
 
     if args.markdown:
-        command = " ".join(["python", *map(shlex.quote, sys.argv)])
+        command = command_line()
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         text = [
             "## Per-method forward+backward",

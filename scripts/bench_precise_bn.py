@@ -24,7 +24,6 @@ import argparse
 import copy
 import datetime
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from hardware import cpu_model
+from hardware import command_line, cpu_model, repo_relative
 from normlab.data.base import ImageDataModule
 from normlab.data.build import build_datamodule
 from normlab.data.shared import ensure_shared_cifar10
@@ -50,7 +49,7 @@ def load_data(batch_size: int, synthetic_samples: int) -> tuple[ImageDataModule,
     try:
         root = ensure_shared_cifar10()
         module = build_datamodule({"name": "folder", "root": str(root)}, batch_size)
-        description = f"CIFAR-10 (data=folder data.root={root})"
+        description = f"CIFAR-10 (data=folder data.root={repo_relative(root)})"
     except FileNotFoundError as error:
         print(f"NOTE: {error}\nNOTE: timing random 32x32 RGB tensors (data=synthetic) instead")
         cfg = {"name": "synthetic", "num_samples": synthetic_samples, "image_size": 32}
@@ -269,7 +268,7 @@ def write_markdown(
     lines = [
         "## PreciseBN cost",
         "",
-        f"`python {' '.join(sys.argv)}`",
+        f"`{command_line()}`",
         "",
         f"torch {torch.__version__}, {threads} threads, device {device} ({hardware}), {now}. "
         f"{data_description}; ResNet-20 + BN; {args.samples} samples in batches of "

@@ -45,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from hardware import cpu_model  # noqa: E402
+from hardware import command_line, cpu_model  # noqa: E402
 from normlab.callbacks import ThroughputMonitor  # noqa: E402
 from normlab.data import build_datamodule  # noqa: E402
 from normlab.models import build_model  # noqa: E402
@@ -167,7 +167,7 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     lines = [
         "## Framework overhead",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Command: `{command_line()}`  ",
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}; "
         f"{args.threads} thread(s); CPU: {cpu_model()}; device: {device}  ",
         f"Model {args.model} + {args.norm}, data {args.data}, SGD as conf/optim/sgd.yaml. "

@@ -7,9 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
-from normlab.norms.population import PopulationStats, population_var, record_batch_norm
+from normlab.norms.population import (
+    PopulationStats,
+    population_var,
+    record_batch_norm,
+    record_chunk_statistics,
+)
 from normlab.norms.registry import register_norm
-from normlab.norms.virtual import VirtualDevices, chunk_batch_norm, chunks_of
+from normlab.norms.virtual import VirtualDevices, chunk_batch_norm
 
 
 class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats, VirtualDevices):
@@ -64,10 +69,6 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats, VirtualDevices):
             return record_batch_norm(self, x, weight, bias, self.eps)
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
 
-    def virtual_chunks(self, x: Tensor) -> int:
-        """How many virtual-device chunks the batch `x` normalizes as (1: the whole batch)."""
-        return chunks_of(x.shape[0], self.virtual_batch_size)
-
     def _chunked(
         self, x: Tensor, weight: Tensor | None, bias: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -82,9 +83,7 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats, VirtualDevices):
 
     def _chunked_record(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         y, mean, var = self._chunked(x, weight, bias)
-        count = x.numel() // x.shape[1] // mean.shape[0]
-        mean64, var64 = mean.double(), var.double() * ((count - 1) / count)
-        self._record(x.numel() // x.shape[1], mean64.mean(0), (var64 + mean64 * mean64).mean(0))
+        record_chunk_statistics(self, mean, var, x.numel() // x.shape[1] // mean.shape[0])
         return y
 
     @torch.no_grad()

@@ -17,9 +17,14 @@ from torch import Tensor, nn
 from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.batch_group import check_groups
-from normlab.norms.population import PopulationStats, population_var, record_batch_norm
+from normlab.norms.population import (
+    PopulationStats,
+    population_var,
+    record_batch_norm,
+    record_chunk_statistics,
+)
 from normlab.norms.registry import register_norm
-from normlab.norms.virtual import VirtualDevices, chunk_batch_norm, chunks_of
+from normlab.norms.virtual import VirtualDevices, chunk_batch_norm
 
 
 class BatchGroupNormZhou2d(NormLayer, PopulationStats, VirtualDevices):
@@ -49,17 +54,14 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats, VirtualDevices):
         xv = x.reshape(n, self.groups, -1)
         mode = self.stats_mode
         batch_stats = mode == "record" or (mode == "ema" and self.training)
-        chunks = self.virtual_chunks(n) if batch_stats else 1
+        chunks = self.virtual_chunks(x) if batch_stats else 1
         if chunks > 1:
             assert self.virtual_batch_size is not None
             y, mean, var = chunk_batch_norm(xv, self.virtual_batch_size, None, None, self.eps)
             if mode == "ema":
                 self._update_running(mean.mean(0), var.mean(0))
             else:
-                count = xv.numel() // self.groups // chunks
-                m64 = mean.double()
-                ex2 = (var.double() * ((count - 1) / count) + m64 * m64).mean(0)
-                self._record(xv.numel() // self.groups, m64.mean(0), ex2)
+                record_chunk_statistics(self, mean, var, xv.numel() // self.groups // chunks)
         elif mode == "ema" and self.training:
             self.num_batches_tracked.add_(1)
             factor = (
@@ -81,10 +83,6 @@ class BatchGroupNormZhou2d(NormLayer, PopulationStats, VirtualDevices):
         y = y.reshape_as(x)
         shape = (1, -1, 1, 1)
         return torch.addcmul(self.bias.view(shape), y, self.weight.view(shape)).to(x.dtype)
-
-    def virtual_chunks(self, batch_size: int) -> int:
-        """How many virtual-device chunks a batch of `batch_size` normalizes as."""
-        return chunks_of(batch_size, self.virtual_batch_size)
 
     @torch.no_grad()
     def _update_running(self, mean: Tensor, var: Tensor) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.population import record_chunk_statistics
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import chunk_batch_norm
 
@@ -56,9 +57,7 @@ class GhostBatchNorm2d(BatchNorm2d):
         y, mean, var = chunk_batch_norm(x.reshape(n, c, -1), g, weight, bias, self.eps)
         count = x.numel() // c // (n // g)  # elements per ghost batch and channel
         if mode == "record":
-            m64 = mean.double()
-            ex2 = (var.double() * ((count - 1) / count) + m64 * m64).mean(0)
-            self._record(x.numel() // c, m64.mean(0), ex2)
+            record_chunk_statistics(self, mean, var, count)
         elif mode == "ema":
             # Virtual devices: each rank runs the sequential updates of its own ghost batches;
             # the mean of the ranks' buffers is the sequence of updates with ghost j's

@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from normlab.norms.virtual import chunk_batch_norm
 
 STATS_MODES = ("ema", "record", "batch", "population")
 
@@ -184,18 +185,22 @@ def record_batch_norm(
     the record mode of a BN-like layer costs what its training forward costs. The output
     equals `F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)`.
     """
-    channels = x.shape[1]
+    n, channels = x.shape[:2]
     count = x.numel() // channels
     if count < 2:
         raise ValueError(f"record_batch_norm needs more than one value per channel, got {count}")
-    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    mean = torch.zeros(channels, dtype=dtype, device=x.device)
-    var = torch.ones(channels, dtype=dtype, device=x.device)
-    y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
-    mean64 = mean.to(torch.float64)
-    biased = var.to(torch.float64) * ((count - 1) / count)
-    layer._record(count, mean64, biased + mean64 * mean64)
-    return y
+    y, mean, var = chunk_batch_norm(x.reshape(n, channels, -1), n, weight, bias, eps)
+    record_chunk_statistics(layer, mean, var, count)
+    return y.view_as(x)
+
+
+def record_chunk_statistics(layer: PopulationStats, mean: Tensor, var: Tensor, count: int) -> None:
+    """Record batch statistics of k equal chunks in `layer`: per-chunk means and unbiased
+    variances (k, S), each over `count` elements per statistic (per ghost batch or virtual
+    device), as chunk_batch_norm returns them."""
+    mean64 = mean.to(torch.float64).reshape(-1, mean.shape[-1])
+    biased = var.to(torch.float64).reshape(mean64.shape) * ((count - 1) / count)
+    layer._record(count * mean64.shape[0], mean64.mean(0), (biased + mean64 * mean64).mean(0))
 
 
 def batch_dependent_layers(model: nn.Module) -> list[nn.Module]:

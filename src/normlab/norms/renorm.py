@@ -28,7 +28,7 @@ from normlab.norms.base import NormLayer
 from normlab.norms.batch import check_eps, check_momentum
 from normlab.norms.population import PopulationStats, population_var, upcast
 from normlab.norms.registry import register_norm
-from normlab.norms.virtual import VirtualDevices, chunks_of
+from normlab.norms.virtual import VirtualDevices
 
 
 def _ramp(step: Tensor, start: int, end: int) -> Tensor:
@@ -96,7 +96,7 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
             # (x - mu) / sigma: eval-mode batch_norm with variance sigma^2 and no eps.
             var = self.running_std.square()
             y = F.batch_norm(x, self.running_mean, var, weight, bias, False, 0.0, 0.0)
-        elif mode in ("ema", "record") and chunks_of(x.shape[0], self.virtual_batch_size) > 1:
+        elif mode in ("ema", "record") and self.virtual_chunks(x) > 1:
             y = self._virtual_ranks_forward(x, mode)
         else:
             var, mean = channel_var_mean(x)
@@ -106,11 +106,16 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
             elif mode == "ema":
                 r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
                 weight, bias = weight * r, torch.addcmul(bias, weight, d)
-            if torch.compiler.is_compiling():  # one traceable native op
-                y = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
-            else:
-                y = batch_norm_train(x, var, mean, weight, bias, self.eps)
+            y = self._train_kernel(x, var, mean, weight, bias)
         return y.to(in_dtype)
+
+    def _train_kernel(
+        self, x: Tensor, var: Tensor, mean: Tensor, weight: Tensor, bias: Tensor
+    ) -> Tensor:
+        """Training-mode batch norm of `x` given its batch statistics (channel_var_mean)."""
+        if torch.compiler.is_compiling():  # one traceable native op
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+        return batch_norm_train(x, var, mean, weight, bias, self.eps)
 
     def _virtual_ranks_forward(self, x: Tensor, mode: str) -> Tensor:
         """Each chunk of `virtual_batch_size` renormalized as its own rank: per-chunk batch
@@ -129,10 +134,7 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
         else:
             r, d = self._rank_factors(mean.view(k, c), torch.sqrt(var + self.eps).view(k, c))
             weight, bias = weight * r.flatten(), torch.addcmul(bias, weight, d.flatten())
-        if torch.compiler.is_compiling():
-            y = F.batch_norm(xp, None, None, weight, bias, True, 0.0, self.eps)
-        else:
-            y = batch_norm_train(xp, var, mean, weight, bias, self.eps)
+        y = self._train_kernel(xp, var, mean, weight, bias)
         return y.view(chunk, k, c, -1).transpose(0, 1).reshape(x.shape)
 
     @torch.no_grad()

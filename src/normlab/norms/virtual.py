@@ -80,6 +80,10 @@ class VirtualDevices:
     virtual_batch_size: int | None = None
     virtual_devices_refusal: str = ""
 
+    def virtual_chunks(self, x: Tensor) -> int:
+        """How many virtual-device chunks the batch `x` normalizes as (1: the whole batch)."""
+        return chunks_of(x.shape[0], self.virtual_batch_size)
+
     def reconcile_virtual_ranks(self) -> None:
         """Make per-virtual-rank state (where a layer keeps any) the ranks' mean, as DDP
         reconciliation does with real ranks' buffers; nothing for stateless layers."""
