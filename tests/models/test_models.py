@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -121,3 +124,23 @@ def test_unknown_models_and_options_are_clear_errors() -> None:
         build_model({"source": "timm", "name": "not_a_model_xyz"}, norm_factory("bn"), 10)
     with pytest.raises(ValueError, match="unknown normlab model option"):
         build_model({"name": "resnet20", "depth": 3}, norm_factory("bn"), 10)
+
+
+STATE_DICT_KEYS = Path(__file__).with_name("resnet_state_dict_keys.json")
+
+
+@pytest.mark.parametrize(
+    ("layout", "model_cfg"),
+    [
+        ("resnet20", {"name": "resnet20"}),
+        ("preact_resnet20", {"name": "resnet20", "preact": True}),
+        ("preact_resnet20_shortcut_b", {"name": "resnet20", "preact": True, "shortcut": "B"}),
+        ("resnet18", {"name": "resnet18"}),
+        ("resnet50", {"name": "resnet50"}),
+    ],
+)
+def test_resnet_state_dict_keys_are_unchanged(layout: str, model_cfg: dict) -> None:
+    # Checkpoints load by these names: the recorded keys (in order) and shapes must not move.
+    expected = json.loads(STATE_DICT_KEYS.read_text())[layout]
+    model = build_model(model_cfg, norm_factory("bn"), 10)
+    assert [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()] == expected

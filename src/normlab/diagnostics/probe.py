@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.diagnostics.power import batch_population_distance, channel_stats, power_decomposition
+from normlab.models.inspection import forward_with_hooks
 from normlab.norms import is_norm_layer
 
 
@@ -54,14 +55,7 @@ def probe_layers(model: nn.Module, images: Tensor) -> list[LayerRecord]:
     handles = [
         getattr(module, "norm", module).register_forward_hook(hook(name)) for name, module in layers
     ]
-    was_training = model.training
-    model.eval()
-    try:
-        model(images)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, images, handles)
     modules = dict(layers)
     records = []
     for depth, name in enumerate(order):

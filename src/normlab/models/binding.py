@@ -7,6 +7,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from normlab.models.inspection import forward_with_hooks
+
 
 def layers_needing_conv(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every layer with `needs_conv = True`."""
@@ -41,14 +43,7 @@ def bind_norms_to_convs(model: nn.Module, example: Tensor) -> int:
         m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)
     ]
     handles += [m.register_forward_pre_hook(norm_hook(n)) for n, m in targets]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     missing = [name for name, _ in targets if name not in found]
     listed = f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
     if any(getattr(m, "no_conv", "error") != "naive" for n, m in targets if n in missing):

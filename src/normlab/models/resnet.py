@@ -21,18 +21,31 @@ from normlab.norms import NormFactory, zero_init_norm_
 from normlab.norms.activations import make_activation
 
 
-def _projection(
-    in_ch: int, out_ch: int, stride: int, shortcut: str, norm: NormFactory, conv: ConvFactory
+def _shortcut(
+    in_ch: int,
+    out_ch: int,
+    stride: int,
+    kind: str,
+    conv: ConvFactory,
+    norm: NormFactory | None,
 ) -> nn.Module:
+    """Identity where the shape is kept; else option `kind` A (subsample, zero-pad) or B (a
+    1x1 projection, followed by a norm unless `norm` is None)."""
     if in_ch == out_ch and stride == 1:
         return nn.Identity()
-    if shortcut == "A":
+    if kind == "A":
         return PadShortcut(in_ch, out_ch, stride)
-    return nn.Sequential(conv(in_ch, out_ch, 1, stride), norm(out_ch, None))
+    projection = conv(in_ch, out_ch, 1, stride)
+    return projection if norm is None else nn.Sequential(projection, norm(out_ch, None))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs, post-activation: conv-norm-act-conv-norm, add, act."""
+class _PostActivationBlock(nn.Module):
+    """A post-activation residual block: conv-norm pairs conv1/norm1, conv2/norm2, ... (each
+    norm with the activation but the last), added to the shortcut, then the activation.
+
+    Subclasses give `expansion` and `convs`, the pairs' convolutions; the modules are created
+    and registered in the order conv1, norm1, conv2, ..., shortcut, act (the state_dict keys
+    and the random initialization follow it)."""
 
     expansion = 1
 
@@ -48,56 +61,48 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         out_ch = width * self.expansion
-        self.conv1 = conv(in_ch, width, 3, stride)
-        self.norm1 = norm(width, activation)
-        self.conv2 = conv(width, out_ch, 3, 1)
-        self.norm2 = norm(out_ch, None)
-        self.shortcut = _projection(in_ch, out_ch, stride, shortcut, norm, conv)
+        convs = self.convs(in_ch, width, out_ch, stride)
+        self.num_convs = len(convs)
+        for index, (conv_in, conv_out, kernel, conv_stride) in enumerate(convs, start=1):
+            setattr(self, f"conv{index}", conv(conv_in, conv_out, kernel, conv_stride))
+            last = index == self.num_convs
+            setattr(self, f"norm{index}", norm(conv_out, None if last else activation))
+        self.shortcut = _shortcut(in_ch, out_ch, stride, shortcut, conv, norm)
         self.act = make_activation(activation)
 
+    @staticmethod
+    def convs(in_ch: int, width: int, out_ch: int, stride: int) -> list[tuple[int, int, int, int]]:
+        """(in channels, out channels, kernel size, stride) of each convolution of the branch."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.norm1(self.conv1(x))
-        out = self.norm2(self.conv2(out))
+        out = x
+        for index in range(1, self.num_convs + 1):
+            out = getattr(self, f"norm{index}")(getattr(self, f"conv{index}")(out))
         return self.act(out + self.shortcut(x))
 
     def zero_init_last(self) -> None:
-        zero_init_norm_(self.norm2)
+        zero_init_norm_(getattr(self, f"norm{self.num_convs}"))
 
 
-class Bottleneck(nn.Module):
+class BasicBlock(_PostActivationBlock):
+    """Two 3x3 convs, post-activation: conv-norm-act-conv-norm, add, act."""
+
+    expansion = 1
+
+    @staticmethod
+    def convs(in_ch: int, width: int, out_ch: int, stride: int) -> list[tuple[int, int, int, int]]:
+        return [(in_ch, width, 3, stride), (width, out_ch, 3, 1)]
+
+
+class Bottleneck(_PostActivationBlock):
     """1x1-3x3-1x1 bottleneck (torchvision v1.5: stride on the 3x3), post-activation."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        stride: int,
-        norm: NormFactory,
-        conv: ConvFactory,
-        activation: str,
-        shortcut: str,
-    ) -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = conv(in_ch, width, 1, 1)
-        self.norm1 = norm(width, activation)
-        self.conv2 = conv(width, width, 3, stride)
-        self.norm2 = norm(width, activation)
-        self.conv3 = conv(width, out_ch, 1, 1)
-        self.norm3 = norm(out_ch, None)
-        self.shortcut = _projection(in_ch, out_ch, stride, shortcut, norm, conv)
-        self.act = make_activation(activation)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.norm1(self.conv1(x))
-        out = self.norm2(self.conv2(out))
-        out = self.norm3(self.conv3(out))
-        return self.act(out + self.shortcut(x))
-
-    def zero_init_last(self) -> None:
-        zero_init_norm_(self.norm3)
+    @staticmethod
+    def convs(in_ch: int, width: int, out_ch: int, stride: int) -> list[tuple[int, int, int, int]]:
+        return [(in_ch, width, 1, 1), (width, width, 3, stride), (width, out_ch, 1, 1)]
 
 
 class PreActBasicBlock(nn.Module):
@@ -121,25 +126,13 @@ class PreActBasicBlock(nn.Module):
         self.conv1 = conv(in_ch, width, 3, stride)
         self.norm2 = norm(width, activation)
         self.conv2 = conv(width, out_ch, 3, 1)
-        self.needs_projection = in_ch != out_ch or stride != 1
-        self.pad_shortcut = shortcut == "A"
-        if self.needs_projection:
-            self.shortcut: nn.Module = (
-                PadShortcut(in_ch, out_ch, stride)
-                if self.pad_shortcut
-                else conv(in_ch, out_ch, 1, stride)
-            )
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = _shortcut(in_ch, out_ch, stride, shortcut, conv, norm=None)
+        # A projection shortcut sees the pre-activated input (He et al., 2016b).
+        self.shortcut_sees_preactivation = isinstance(self.shortcut, nn.Conv2d)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.norm1(x)
-        # A projection shortcut sees the pre-activated input (He et al., 2016b).
-        skip = (
-            self.shortcut(pre)
-            if self.needs_projection and not self.pad_shortcut
-            else self.shortcut(x)
-        )
+        skip = self.shortcut(pre if self.shortcut_sees_preactivation else x)
         out = self.conv1(pre)
         out = self.conv2(self.norm2(out))
         return out + skip

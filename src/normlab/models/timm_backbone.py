@@ -16,6 +16,7 @@ import timm
 import torch
 from torch import nn
 
+from normlab.models.inspection import forward_with_hooks
 from normlab.norms import NormFactory, get_norm_spec, is_norm_layer
 from normlab.norms.activations import activation_name
 
@@ -134,14 +135,7 @@ def norm_activation_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple
             handles.append(module.register_forward_hook(after_norm(name)))
         elif _is_activation(module):
             handles.append(module.register_forward_pre_hook(before_act(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     return pairs
 
 
