@@ -1,5 +1,5 @@
 """The callbacks of a run: build_callbacks makes every one a config asks for (these, the
-population-statistics and diagnostics callbacks).
+population-statistics and diagnostics callbacks, and the user's `callbacks.extra`).
 
 Defined here: throughput, metric history, DDP buffer reconciliation, per-epoch seeding (exact
 resume), checkpoints, progress bars, and the summary rank 0 hands back to the main process.
@@ -33,7 +33,7 @@ def build_callbacks(
 ) -> list[L.Callback]:
     """Every callback of a run, in the order Lightning calls them: throughput, metric history,
     seeding, buffer reconciliation, the fit summary (and debug.stop_after_epochs), checkpoints,
-    the progress bar, population statistics, diagnostics."""
+    the progress bar, population statistics, diagnostics, then `callbacks.extra`."""
     throughput = ThroughputMonitor(int(cfg.batch_size) * virtual_devices, world_size)
     history = MetricHistory()
     stop_after = cfg.get("debug", {}).get("stop_after_epochs")
@@ -55,6 +55,7 @@ def build_callbacks(
         callbacks.append(bar)
     callbacks.extend(statistics_callbacks(cfg, virtual_devices))
     callbacks.append(diagnostics_callback(cfg, output_dir))
+    callbacks.extend(extra_callbacks(cfg.callbacks.get("extra")))
     return callbacks
 
 
@@ -114,6 +115,45 @@ def diagnostics_callback(cfg: DictConfig, output_dir: Path) -> DiagnosticsMonito
     if every < 0:
         raise ValueError(f"diagnostics.every_n_epochs must be >= 0, got {every}")
     return DiagnosticsMonitor(every, int(cfg.diagnostics.probe_size), output_dir)
+
+
+def extra_callbacks(extra: DictConfig | None, key: str = "callbacks.extra") -> list[L.Callback]:
+    """The user's callbacks: each entry of `callbacks.extra` that is not null, instantiated by
+    Hydra (`_target_`: a Lightning callback class; its other keys: the arguments), in key order.
+
+    A bad entry is a ValueError in one line naming the entry (cli.py prints it as is)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    callbacks: list[L.Callback] = []
+    for name, spec in (extra or {}).items():
+        if spec is None:
+            continue
+        where = f"{key}.{name}"
+        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
+        if not target:
+            raise ValueError(
+                f"{where} needs a _target_ (a Lightning callback class), e.g. "
+                f"+{where}._target_=lightning.pytorch.callbacks.EarlyStopping"
+            )
+        try:
+            callback = instantiate(spec)
+        except InstantiationException as error:
+            cause = error.__cause__
+            if isinstance(cause, ImportError):
+                reason = f"_target_={target} cannot be imported ({cause.__cause__ or cause})"
+            elif cause is not None:
+                reason = f"{target}(...) failed: {type(cause).__name__}: {cause}"
+            else:
+                reason = str(error).splitlines()[0]
+            raise ValueError(f"{where}: {reason}") from error
+        if not isinstance(callback, L.Callback):
+            raise ValueError(
+                f"{where}: {target} is not a Lightning callback (it made a "
+                f"{type(callback).__name__})"
+            )
+        callbacks.append(callback)
+    return callbacks
 
 
 class ThroughputMonitor(L.Callback):
