@@ -1,13 +1,15 @@
 """build_run: a run's parts from its config, usable without fitting; the user's extra callbacks
-(callbacks.extra)."""
+(callbacks.extra); loggers closed whether the run succeeds or fails."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 from normlab.build import build_run
 from normlab.callbacks import FitSummary, extra_callbacks
@@ -36,6 +38,21 @@ class Recorder(L.Callback):
         self.epochs += 1
 
 
+class FailAtTrainStart(L.Callback):
+    """A callback that makes fit fail after the loggers started."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise RuntimeError("boom at train start")
+
+
+@pytest.fixture
+def same_threads() -> Iterator[int]:
+    """The threads this test process already uses, kept after an in-process run."""
+    threads = torch.get_num_threads()
+    yield threads
+    torch.set_num_threads(threads)
+
+
 def test_build_run_gives_every_part_without_fitting(tmp_path: Path) -> None:
     cfg = compose_config(
         [
@@ -55,6 +72,7 @@ def test_build_run_gives_every_part_without_fitting(tmp_path: Path) -> None:
     images, _ = next(iter(run.datamodule.val_dataloader()))
     run.model.eval()
     assert run.model(images).shape == (len(images), run.datamodule.num_classes)
+    run.close()
     assert not (tmp_path / "checkpoints").exists()  # nothing trained, nothing written
 
 
@@ -129,6 +147,34 @@ def test_an_unknown_callback_class_is_one_line_on_the_command_line(tmp_path: Pat
         "(No module named 'no_such_module')"
     ], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_wandb_run_is_finished_when_the_run_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same_threads: int
+) -> None:
+    wandb = pytest.importorskip("wandb")
+    from normlab.train import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config(
+        [
+            *TINY,
+            "logger=wandb",
+            f"threads={same_threads}",
+            f"+callbacks.extra.fail._target_={_name(FailAtTrainStart)}",
+        ]
+    )
+    try:
+        with pytest.raises(RuntimeError, match="boom at train start"):
+            run(cfg, tmp_path / "run")
+        assert wandb.run is None, "the failed job's W&B run was left open"
+        results = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert results["status"] == "failed" and "boom" in results["error"]
+        assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    finally:
+        if wandb.run is not None:
+            wandb.run.finish()
 
 
 def test_ddp_spawn_becomes_ddp_under_slurm_tasks(monkeypatch: pytest.MonkeyPatch) -> None:

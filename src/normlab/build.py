@@ -37,7 +37,8 @@ from normlab.resume import csv_version, resume_checkpoint
 
 @dataclass
 class Run:
-    """A run's parts, nothing trained yet."""
+    """A run's parts, nothing trained yet. `close` ends what the loggers started (a W&B run):
+    call it once the run is over, failed or not."""
 
     datamodule: ImageDataModule
     model: nn.Module
@@ -51,6 +52,10 @@ class Run:
     world: int  # processes that train together
     virtual: int  # virtual devices per process
     target: ImageDataModule | None = None  # the shifted domain of precise_bn.data
+
+    def close(self, failed: bool = False) -> None:
+        """Finish the loggers that need it (W&B), with a failure exit code when `failed`."""
+        close_loggers(self.loggers, failed)
 
 
 def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
@@ -95,17 +100,21 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
         torch.set_float32_matmul_precision("high")
     callbacks = build_callbacks(cfg, output_dir, virtual, world)
     loggers = build_loggers(cfg, output_dir)
-    args = trainer_args(cfg)
-    plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
-    trainer = L.Trainer(
-        **args,
-        plugins=plugins or None,
-        logger=loggers or False,
-        callbacks=callbacks,
-        default_root_dir=str(output_dir),
-        enable_model_summary=False,
-        enable_progress_bar=cfg.callbacks.get("progress", "rich") != "none",
-    )
+    try:
+        args = trainer_args(cfg)
+        plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
+        trainer = L.Trainer(
+            **args,
+            plugins=plugins or None,
+            logger=loggers or False,
+            callbacks=callbacks,
+            default_root_dir=str(output_dir),
+            enable_model_summary=False,
+            enable_progress_bar=cfg.callbacks.get("progress", "rich") != "none",
+        )
+    except BaseException:
+        close_loggers(loggers, failed=True)
+        raise
     return Run(
         datamodule=datamodule,
         model=model,
@@ -218,3 +227,12 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     return loggers
+
+
+def close_loggers(loggers: list[Logger], failed: bool = False) -> None:
+    """End what a logger started beyond Lightning's own teardown: the W&B run."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            from normlab.wandb_logging import finish
+
+            finish(logger, failed)

@@ -64,6 +64,8 @@ def run(cfg: DictConfig, output_dir: Path) -> RunResult:
             (output_dir / "error.log").write_text(redact(traceback.format_exc()))
         raise
     finally:
+        if parts is not None:
+            parts.close(failed=results["status"] == "failed")
         results["wall_s"] = round(time.time() - start, 3)
         if primary:
             write_results(output_dir, results)
@@ -119,7 +121,7 @@ def fit_results(cfg: DictConfig, parts: Run, output_dir: Path) -> RunResult:
         }
     for logger in parts.loggers:
         if type(logger).__name__ == "WandbLogger":
-            log_results_table(logger, dict(results))
+            log_results_table(logger, results)
     return results
 
 
