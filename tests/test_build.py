@@ -28,14 +28,10 @@ TINY = [
 
 
 class Recorder(L.Callback):
-    """A user's callback, named by `_target_`: counts training epochs."""
+    """A user's callback, named by `_target_`, with one argument."""
 
     def __init__(self, label: str = "") -> None:
         self.label = label
-        self.epochs = 0
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epochs += 1
 
 
 class FailAtTrainStart(L.Callback):
