@@ -11,43 +11,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from normlab.data import build_datamodule
-from normlab.models import build_model
-from normlab.norms import norm_factory
+from normlab.build import build_run
 from normlab.norms.population import iter_population_layers
 from normlab.stats.callbacks import set_eval_alpha
 from normlab.stats.evaluate import evaluate_accuracy
-from normlab.train import norm_params
 
 DEFAULT_ALPHAS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]
 
 
 def load_run(run_dir: Path, checkpoint: str):  # type: ignore[no-untyped-def]
-    """The run's model with its checkpoint's weights, and its data module."""
+    """The run's model with its checkpoint's weights, and its data module, built as the run
+    built them, here on the CPU, in one process, with no logger."""
     cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
-    name, params = norm_params(cfg.norm)
-    datamodule = build_datamodule(cfg.data, int(cfg.batch_size), seed=int(cfg.seed))
-    datamodule.setup("fit")
-    model = build_model(
-        cfg.model,
-        norm_factory(name, **params),
-        datamodule.num_classes,
-        datamodule.in_channels,
-        datamodule.image_size,
-    )
+    cfg.trainer = {"accelerator": "cpu", "devices": 1}
+    cfg.virtual_devices = 1
+    cfg.logger = {}
+    cfg.ckpt_path = None  # weights come from --checkpoint
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no Trainer banner
+    run = build_run(cfg, run_dir)
     state = torch.load(
         run_dir / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu", weights_only=True
     )["state_dict"]
-    model.load_state_dict(
+    run.model.load_state_dict(
         {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     )
-    return model, datamodule
+    return run.model, run.datamodule
 
 
 def accuracy_by_alpha(model: torch.nn.Module, batches: list, alphas: list[float]) -> list[float]:

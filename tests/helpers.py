@@ -1,4 +1,5 @@
-"""Helpers shared by tests: repository paths and running train.py as a subprocess."""
+"""Helpers shared by tests: repository paths, running train.py as a subprocess, and the config
+it would run, composed in the test's own process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -47,3 +50,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `python train.py <overrides>` would run (without Hydra's own settings)."""
+    from hydra import compose, initialize_config_dir
+
+    from normlab.cli import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)

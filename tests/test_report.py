@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from normlab.report import accuracy_table, collect_results, status_counts, write_report
 from normlab.results import write_results
 
@@ -63,3 +65,10 @@ def test_report_splits_rows_by_a_varied_statistics_axis_and_shows_domain_shift(
     assert table.loc[("bn", "0"), 8] == 60.0 and table.loc[("bn", "1000"), 8] == 70.0
     text = write_report(tmp_path)["table"].read_text()
     assert "shifted domain" in text and "re-estimated" in text and "50.0" in text
+
+
+def test_results_json_holds_only_the_fields_of_run_result(tmp_path: Path) -> None:
+    """RunResult is the schema: a field it does not list is refused, not silently written."""
+    with pytest.raises(ValueError, match="results.json has no field best_acc"):
+        write_results(tmp_path, {"status": "completed", "best_acc": 0.5})  # type: ignore[typeddict-unknown-key]
+    assert not (tmp_path / "results.json").exists()

@@ -1,5 +1,9 @@
-"""Lightning callbacks of every run: throughput, metric history, DDP buffer reconciliation,
-per-epoch seeding (exact resume), and the summary rank 0 hands back to the main process."""
+"""The callbacks of a run: build_callbacks makes every one a config asks for (these, the
+population-statistics and diagnostics callbacks, and the user's `callbacks.extra`).
+
+Defined here: throughput, metric history, DDP buffer reconciliation, per-epoch seeding (exact
+resume), checkpoints, progress bars, and the summary rank 0 hands back to the main process.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,145 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from normlab.diagnostics.callback import DiagnosticsMonitor
 from normlab.norms import is_norm_layer
 from normlab.norms.virtual import reconcile_virtual_ranks
+from normlab.results import RunResult
+from normlab.stats.callbacks import EvalStatsCallback, FrozenBNCallback, PreciseBNCallback
+
+SUMMARY_FILE = ".fit_summary.json"  # FitSummary's hand-over in the run folder, removed once read
+
+
+def build_callbacks(
+    cfg: DictConfig, output_dir: Path, virtual_devices: int = 1, world_size: int = 1
+) -> list[L.Callback]:
+    """Every callback of a run, in the order Lightning calls them: throughput, metric history,
+    seeding, buffer reconciliation, the fit summary (and debug.stop_after_epochs), checkpoints,
+    the progress bar, population statistics, diagnostics, then `callbacks.extra`."""
+    throughput = ThroughputMonitor(int(cfg.batch_size) * virtual_devices, world_size)
+    history = MetricHistory()
+    stop_after = cfg.get("debug", {}).get("stop_after_epochs")
+    stopper = StopAfterEpochs(int(stop_after)) if stop_after else None
+    callbacks: list[L.Callback] = [
+        throughput,
+        history,
+        EpochSeeding(int(cfg.seed)),
+        ReconcileNormBuffers(),
+        FitSummary(output_dir / SUMMARY_FILE, history, throughput, stopper),
+    ]
+    if stopper is not None:
+        callbacks.append(stopper)
+    ckpt = cfg.callbacks.checkpoint
+    if ckpt.get("enabled", True):
+        callbacks.extend(checkpoint_callbacks(output_dir / "checkpoints", ckpt))
+    bar = progress_bar(str(cfg.callbacks.get("progress", "rich")))
+    if bar is not None:
+        callbacks.append(bar)
+    callbacks.extend(statistics_callbacks(cfg, virtual_devices))
+    callbacks.append(diagnostics_callback(cfg, output_dir))
+    callbacks.extend(extra_callbacks(cfg.callbacks.get("extra")))
+    return callbacks
+
+
+def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpoint]:
+    """best.ckpt (highest val/acc) and last.ckpt (rewritten after every epoch, for resume).
+
+    Two callbacks, because Lightning's own save_last only rewrites last.ckpt in an epoch that
+    also saved a top-k checkpoint, which would resume a preempted run from a stale epoch."""
+    callbacks = []
+    if ckpt.get("save_best", True):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(directory),
+                filename="best",
+                monitor="val/acc",
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+            )
+        )
+    if ckpt.get("save_last", True):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(directory), filename="last", save_top_k=1, enable_version_counter=False
+            )
+        )
+    return callbacks
+
+
+def statistics_callbacks(cfg: DictConfig, virtual_devices: int = 1) -> list[L.Callback]:
+    """PreciseBN, FrozenBN and evaluation-statistics callbacks (none when all are off); under
+    virtual devices PreciseBN estimates with per-chunk statistics at precise_bn.batch_size."""
+    callbacks: list[L.Callback] = []
+    precise: PreciseBNCallback | None = None
+    num_samples = int(cfg.precise_bn.num_samples)
+    if num_samples < 0:
+        raise ValueError(f"precise_bn.num_samples must be >= 0, got {num_samples}")
+    if num_samples > 0:
+        precise = PreciseBNCallback(
+            num_samples, int(cfg.precise_bn.batch_size), int(cfg.seed), virtual_devices
+        )
+        callbacks.append(precise)
+    if int(cfg.frozen_bn.last_epochs) > 0:
+        callbacks.append(
+            FrozenBNCallback(
+                int(cfg.frozen_bn.last_epochs), bool(cfg.frozen_bn.freeze_affine), precise
+            )
+        )
+    if cfg.eval_stats != "population" or float(cfg.eval_alpha) > 0:
+        callbacks.append(EvalStatsCallback(str(cfg.eval_stats), float(cfg.eval_alpha)))
+    return callbacks
+
+
+def diagnostics_callback(cfg: DictConfig, output_dir: Path) -> DiagnosticsMonitor:
+    """The diagnostics monitor (idle when diagnostics.every_n_epochs is 0)."""
+    every = int(cfg.diagnostics.every_n_epochs)
+    if every < 0:
+        raise ValueError(f"diagnostics.every_n_epochs must be >= 0, got {every}")
+    return DiagnosticsMonitor(every, int(cfg.diagnostics.probe_size), output_dir)
+
+
+def extra_callbacks(extra: DictConfig | None, key: str = "callbacks.extra") -> list[L.Callback]:
+    """The user's callbacks: each entry of `callbacks.extra` that is not null, instantiated by
+    Hydra (`_target_`: a Lightning callback class; its other keys: the arguments), in key order.
+
+    A bad entry is a ValueError in one line naming the entry (cli.py prints it as is)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    callbacks: list[L.Callback] = []
+    for name, spec in (extra or {}).items():
+        if spec is None:
+            continue
+        where = f"{key}.{name}"
+        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
+        if not target:
+            raise ValueError(
+                f"{where} needs a _target_ (a Lightning callback class), e.g. "
+                f"+{where}._target_=lightning.pytorch.callbacks.EarlyStopping"
+            )
+        try:
+            callback = instantiate(spec)
+        except InstantiationException as error:
+            cause = error.__cause__
+            if isinstance(cause, ImportError):
+                reason = f"_target_={target} cannot be imported ({cause.__cause__ or cause})"
+            elif cause is not None:
+                reason = f"{target}(...) failed: {type(cause).__name__}: {cause}"
+            else:
+                reason = str(error).splitlines()[0]
+            raise ValueError(f"{where}: {reason}") from error
+        if not isinstance(callback, L.Callback):
+            raise ValueError(
+                f"{where}: {target} is not a Lightning callback (it made a "
+                f"{type(callback).__name__})"
+            )
+        callbacks.append(callback)
+    return callbacks
 
 
 class ThroughputMonitor(L.Callback):
@@ -120,16 +258,6 @@ class MetricHistory(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
 
-    def best(self, key: str = "val/acc") -> float | None:
-        """Highest value of `key` over the epochs."""
-        values = [e[key] for e in self.epochs if key in e]
-        return max(values) if values else None
-
-    def last(self, key: str) -> float | None:
-        """Value of `key` after the last validation."""
-        values = [e[key] for e in self.epochs if key in e]
-        return values[-1] if values else None
-
 
 def batch_dependent_buffers(model: nn.Module) -> list[Tensor]:
     """The floating running_* buffers of batch-dependent normlab norm layers, each once.
@@ -213,7 +341,7 @@ class StopAfterEpochs(L.Callback):
 
 
 class FitSummary(L.Callback):
-    """Rank 0 writes what results.json needs at the end of fit to `path`.
+    """Rank 0 writes what results.json needs at the end of fit to `path` (read_fit_summary).
 
     Under ddp_spawn training happens in child processes whose callbacks and module the main
     process never sees; this file carries the numbers back. Non-spawn runs use it as well, so
@@ -236,14 +364,26 @@ class FitSummary(L.Callback):
         if trainer.global_rank != 0:
             return
         train_loss = trainer.callback_metrics.get("train/loss_epoch")
-        summary = {
+        result: RunResult = {
             "diverged": bool(getattr(pl_module, "diverged", False)),
             "divergence_reason": getattr(pl_module, "divergence_reason", "") or None,
-            "interrupted": bool(self.stopper and self.stopper.interrupted),
             "history": self.history.epochs,
             "train_loss": float(train_loss) if train_loss is not None else None,
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
             "train_images_per_s": self.throughput.images_per_second,
         }
-        self.path.write_text(json.dumps(summary, allow_nan=True))
+        interrupted = bool(self.stopper and self.stopper.interrupted)
+        self.path.write_text(
+            json.dumps({"result": result, "interrupted": interrupted}, allow_nan=True)
+        )
+
+
+def read_fit_summary(path: Path) -> tuple[RunResult, bool]:
+    """What FitSummary recorded at the end of fit, and whether the run was interrupted (stopped
+    before max_epochs as a preempted job is); the file is removed once read."""
+    if not path.exists():
+        raise RuntimeError(f"training ended without writing {path}")
+    summary = json.loads(path.read_text())
+    path.unlink()
+    return summary["result"], bool(summary["interrupted"])

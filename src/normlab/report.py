@@ -12,33 +12,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from normlab.results import RESULTS_FILE  # noqa: E402
+from normlab.results import COLUMN_FIELDS, RESULTS_FILE  # noqa: E402
 
-COLUMNS = [
-    "norm",
-    "batch_size",
-    "virtual_devices",
-    "global_batch_size",
-    "model",
-    "data",
-    "seed",
-    "momentum",
-    "status",
-    "val_acc",
-    "best_val_acc",
-    "val_loss",
-    "train_loss",
-    "epochs",
-    "steps",
-    "wall_s",
-    "train_images_per_s",
-    "precise_bn_samples",
-    "frozen_bn_last_epochs",
-    "eval_stats",
-    "eval_alpha",
-    "shift_acc_source_stats",
-    "shift_acc_target_stats",
-]
+# Columns of results.csv: RunResult's Column fields, then the shifted-domain accuracies taken
+# out of its domain_shift field (with the source statistics, with re-estimated ones).
+SHIFT_COLUMNS = {
+    "shift_acc_source_stats": "target_acc_source_stats",
+    "shift_acc_target_stats": "target_acc_target_stats",
+}
+COLUMNS = [*COLUMN_FIELDS, *SHIFT_COLUMNS]
 
 # Axes besides norm and batch size that become rows of the table when a sweep varies them.
 STATS_AXES = [
@@ -61,8 +43,8 @@ def collect_results(folder: Path) -> pd.DataFrame:
             record = {"status": "unreadable"}
         record["run"] = str(path.parent.relative_to(folder)) or "."
         shift = record.get("domain_shift") or {}
-        record["shift_acc_source_stats"] = shift.get("target_acc_source_stats")
-        record["shift_acc_target_stats"] = shift.get("target_acc_target_stats")
+        for column, key in SHIFT_COLUMNS.items():
+            record[column] = shift.get(key)
         rows.append(record)
     if not rows:
         raise FileNotFoundError(f"no {RESULTS_FILE} below {folder}")

@@ -1,4 +1,9 @@
-"""results.json: the one file every run writes and every report reads."""
+"""results.json: the one file every run writes and every report reads.
+
+RunResult lists its fields once: normlab.train fills it, write_results refuses any other
+field, the sweep report's columns are the fields marked Column (in their order here), and the
+tests check a run's file against it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,81 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict, TypeVar, get_args, get_type_hints
 
 RESULTS_FILE = "results.json"
 RESULTS_MODE = 0o644  # readable by the group and others, like every other output of a run
+
 # "debug": a run under trainer.fast_dev_run (a smoke test, never averaged into a report)
-STATUSES = ("running", "completed", "diverged", "failed", "interrupted", "debug")
+Status = Literal["running", "completed", "diverged", "failed", "interrupted", "debug"]
+STATUSES: tuple[str, ...] = get_args(Status)
+
+T = TypeVar("T")
+COLUMN = "a column of the sweep report"
+SOMETIMES = "only in some finished runs"
+Column = Annotated[T, COLUMN]  # normlab.report.COLUMNS, in the order of RunResult
+Sometimes = Annotated[T, SOMETIMES]  # absent from a finished run unless it applies
+
+
+class RunResult(TypedDict, total=False):
+    """A run's results.json. A running job's file holds the axes, status and output_dir; a
+    finished one every field but the Sometimes ones that do not apply; NaN is written null."""
+
+    # the hyper-parameters a sweep varies (normlab.build.run_axes)
+    norm: Column[str]
+    norm_params: dict[str, Any]
+    batch_size: Column[int]  # per device
+    virtual_devices: Column[int]
+    global_batch_size: Column[int]  # batch_size x virtual_devices x world_size x accumulation
+    model: Column[str]
+    data: Column[str]
+    seed: Column[int]
+    momentum: Column[float | None]  # the norm's, None for a norm without one
+    devices: int | str  # trainer.devices as given
+    # the job
+    status: Column[Status]
+    error: Sometimes[str]  # 'failed': '<ExceptionType>: <message>'
+    output_dir: str
+    threads: int
+    # what training measured
+    val_acc: Column[float | None]  # after the last epoch
+    best_val_acc: Column[float | None]
+    val_loss: Column[float | None]
+    train_loss: Column[float | None]  # mean of the last epoch
+    epochs: Column[int]
+    steps: Column[int]
+    wall_s: Column[float]  # the whole job, construction included
+    train_images_per_s: Column[float | None]
+    val_acc5: float | None  # above 10 classes
+    diverged: bool
+    divergence_reason: str | None
+    history: list[dict[str, float]]  # validation metrics of every epoch
+    num_params: int
+    lr: float  # the effective rate after the linear scaling rule
+    world_size: int
+    resumed_from: str | None  # the checkpoint this job continued from
+    # population statistics
+    precise_bn_samples: Column[int]
+    frozen_bn_last_epochs: Column[int]
+    eval_stats: Column[str]
+    eval_alpha: Column[float]
+    diagnostics: Sometimes[dict[str, Any]]  # diagnostics.every_n_epochs > 0
+    domain_shift: Sometimes[dict[str, Any]]  # precise_bn.data set, completed runs
+
+
+def _fields(marker: str | None = None) -> tuple[str, ...]:
+    hints = get_type_hints(RunResult, include_extras=True)
+    return tuple(
+        name
+        for name, hint in hints.items()
+        if marker is None or marker in getattr(hint, "__metadata__", ())
+    )
+
+
+RESULT_FIELDS = _fields()
+COLUMN_FIELDS = _fields(COLUMN)
+SOMETIMES_FIELDS = _fields(SOMETIMES)
+
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 REDACTED = "<redacted>"
 
@@ -53,10 +127,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
+def write_results(output_dir: Path, results: RunResult) -> Path:
     """Write results.json atomically (temp file + rename) so readers never see half a file."""
     if results.get("status") not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {results.get('status')!r}")
+    unknown = sorted(set(results) - set(RESULT_FIELDS))
+    if unknown:
+        raise ValueError(f"results.json has no field {', '.join(unknown)} (see RunResult)")
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / RESULTS_FILE
     fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".results-", suffix=".json")
@@ -68,6 +145,6 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
     return path
 
 
-def read_results(output_dir: Path) -> dict[str, Any]:
+def read_results(output_dir: Path) -> RunResult:
     """The results.json of a run folder."""
     return json.loads((Path(output_dir) / RESULTS_FILE).read_text())

@@ -28,11 +28,11 @@ def sweep_statuses(sweep_dir: Path) -> Counter[str]:
     return counts
 
 
-def summary_line(sweep_dir: Path, jobs: int | None = None) -> str:
+def summary_line(sweep_dir: Path) -> str:
     """'normlab: sweep finished: N jobs: a completed, b failed, c diverged (...) in <dir>'."""
     counts = sweep_statuses(sweep_dir)
-    total = jobs if jobs is not None else sum(counts.values())
-    missing = max(0, total - sum(counts.values())) + counts.pop("missing", 0)
+    total = sum(counts.values())
+    missing = counts.pop("missing", 0)
     parts = [f"{counts.pop(s, 0)} {s}" for s in ("completed", "failed", "diverged")]
     parts += [f"{n} {s}" for s, n in sorted(counts.items())]
     if missing:
@@ -42,9 +42,6 @@ def summary_line(sweep_dir: Path, jobs: int | None = None) -> str:
 
 class SweepSummary(Callback):
     """Print the summary line when a multirun ends."""
-
-    def __init__(self) -> None:
-        self.jobs: int | None = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         print(summary_line(Path(str(config.hydra.sweep.dir))), flush=True)

@@ -7,6 +7,7 @@ import os
 import secrets
 import string
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,8 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> Any | None:
         return None
 
 
-def log_results_table(logger: Any, results: dict[str, Any]) -> None:
-    """The final results as a one-row W&B table; then finish the run. Failures only warn."""
+def log_results_table(logger: Any, results: Mapping[str, Any]) -> None:
+    """The final results as a one-row W&B table and the run's summary. Failures only warn."""
     try:
         scalars = {
             k: v for k, v in results.items() if isinstance(v, int | float | str | bool) or v is None
@@ -132,6 +133,17 @@ def log_results_table(logger: Any, results: dict[str, Any]) -> None:
         logger.experiment.summary.update(
             redact({k: v for k, v in scalars.items() if v is not None})
         )
-        logger.experiment.finish()
     except Exception as error:  # noqa: BLE001
         warn_once(f"could not log the results table: {type(error).__name__}: {error}")
+
+
+def finish(logger: Any, failed: bool = False) -> None:
+    """End the W&B run, marked failed (exit code 1) when the job failed: called on every path,
+    so a failed job of a multirun never leaves its run open for the next job to reuse."""
+    try:
+        if failed:
+            logger.experiment.finish(exit_code=1)
+        else:
+            logger.experiment.finish()
+    except Exception as error:  # noqa: BLE001
+        warn_once(f"could not finish the W&B run: {type(error).__name__}: {error}")

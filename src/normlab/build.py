@@ -1,0 +1,238 @@
+"""build_run(cfg, output_dir): a run's parts from its composed config, ready to fit or evaluate.
+
+The one place a config becomes data, model, LightningModule, callbacks, loggers and Trainer:
+normlab.train fits what it returns, scripts evaluate it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from normlab.callbacks import build_callbacks
+from normlab.data import ImageDataModule, build_datamodule
+from normlab.environment import (
+    check_devices,
+    cluster_plugins,
+    process_rank,
+    trainer_args,
+    world_size,
+)
+from normlab.lit import Classifier
+from normlab.models import build_model
+from normlab.norms import norm_factory, set_virtual_batch_size
+from normlab.optim import scaled_lr
+from normlab.results import RunResult
+from normlab.resume import csv_version, resume_checkpoint
+
+
+@dataclass
+class Run:
+    """A run's parts, nothing trained yet. `close` ends what the loggers started (a W&B run):
+    call it once the run is over, failed or not."""
+
+    datamodule: ImageDataModule
+    model: nn.Module
+    module: Classifier
+    callbacks: list[L.Callback]
+    loggers: list[Logger]
+    trainer: L.Trainer
+    ckpt_path: str | None  # the checkpoint to resume from (normlab.resume)
+    lr: float  # optim.lr scaled to the global batch
+    global_batch: int  # batch_size x virtual x world x accumulation
+    world: int  # processes that train together
+    virtual: int  # virtual devices per process
+    target: ImageDataModule | None = None  # the shifted domain of precise_bn.data
+
+    def close(self, failed: bool = False) -> None:
+        """Finish the loggers that need it (W&B), with a failure exit code when `failed`."""
+        close_loggers(self.loggers, failed)
+
+
+def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
+    """Check the config against this machine and the data, seed, and build every part of the
+    run writing into `output_dir`; `verbose` prints the effective learning rate."""
+    quiet_lightning()
+    check_devices(cfg.trainer)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    name, params = norm_params(cfg.norm)
+    norm = norm_factory(name, **params)
+    batch_size, virtual = int(cfg.batch_size), virtual_devices(cfg)
+    datamodule = build_datamodule(cfg.data, batch_size, seed=int(cfg.seed), virtual_devices=virtual)
+    datamodule.setup("fit")
+    model = build_model(
+        cfg.model, norm, datamodule.num_classes, datamodule.in_channels, datamodule.image_size
+    )
+    check_norm_batch_size(model, batch_size)
+    check_precise_bn_samples(int(cfg.precise_bn.num_samples), datamodule)
+    set_virtual_batch_size(model, batch_size if virtual > 1 else None)
+    target = build_target_domain(cfg, datamodule)
+    ckpt_path = resume_checkpoint(cfg, output_dir)
+    world = world_size(cfg)
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
+    global_batch = batch_size * virtual * world * accumulate
+    lr = scaled_lr(float(cfg.optim.lr), global_batch, cfg.optim.get("ref_batch_size"))
+    if verbose:
+        print(
+            f"normlab: learning rate {lr:.6g} (optim.lr {cfg.optim.lr} scaled to the global batch "
+            f"{global_batch}: batch_size {batch_size} x virtual_devices {virtual} x {world} "
+            f"device(s) x {accumulate} accumulation / optim.ref_batch_size "
+            f"{cfg.optim.get('ref_batch_size')})"
+        )
+    module = Classifier(
+        model,
+        datamodule.num_classes,
+        cfg.optim,
+        cfg.sched,
+        lr,
+        float(cfg.divergence.loss_threshold),
+    )
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    callbacks = build_callbacks(cfg, output_dir, virtual, world)
+    loggers = build_loggers(cfg, output_dir)
+    try:
+        args = trainer_args(cfg)
+        plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
+        trainer = L.Trainer(
+            **args,
+            plugins=plugins or None,
+            logger=loggers or False,
+            callbacks=callbacks,
+            default_root_dir=str(output_dir),
+            enable_model_summary=False,
+            enable_progress_bar=cfg.callbacks.get("progress", "rich") != "none",
+        )
+    except BaseException:
+        close_loggers(loggers, failed=True)
+        raise
+    return Run(
+        datamodule=datamodule,
+        model=model,
+        module=module,
+        callbacks=callbacks,
+        loggers=loggers,
+        trainer=trainer,
+        ckpt_path=ckpt_path,
+        lr=lr,
+        global_batch=global_batch,
+        world=world,
+        virtual=virtual,
+        target=target,
+    )
+
+
+def norm_params(norm_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """The norm's name and its parameters from the `norm` config group."""
+    params = OmegaConf.to_container(norm_cfg, resolve=True)
+    assert isinstance(params, dict)
+    name = params.pop("name")
+    return str(name), {str(k): v for k, v in params.items()}
+
+
+def virtual_devices(cfg: DictConfig) -> int:
+    """`virtual_devices`: DDP ranks of batch_size emulated in each process (1: off)."""
+    value = cfg.get("virtual_devices", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"virtual_devices must be an int >= 1 (ranks of batch_size emulated in one process), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def run_axes(cfg: DictConfig) -> RunResult:
+    """The hyper-parameters a sweep varies, as results.json records them."""
+    name, params = norm_params(cfg.norm)
+    devices = cfg.trainer.get("devices", 1)
+    return {
+        "norm": name,
+        "norm_params": params,
+        "momentum": params.get("momentum"),
+        "batch_size": int(cfg.batch_size),
+        "virtual_devices": virtual_devices(cfg),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "seed": int(cfg.seed),
+        "devices": devices if isinstance(devices, int) else str(devices),
+    }
+
+
+def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:
+    """Ask every layer that can tell (normlab norms) whether it trains at this per-device batch."""
+    for module in model.modules():
+        check = getattr(module, "check_batch_size", None)
+        if callable(check):
+            check(batch_size)
+
+
+def check_precise_bn_samples(num_samples: int, datamodule: ImageDataModule) -> None:
+    """Refuse, before training, a PreciseBN sample count the training set cannot supply (it
+    failed only at the first validation, after an epoch of work)."""
+    available = len(datamodule.train_set)  # type: ignore[arg-type]
+    if num_samples > available:
+        raise ValueError(
+            f"precise_bn.num_samples={num_samples} exceeds the {available} training samples of "
+            f"data={datamodule.name}; use at most {available}"
+        )
+
+
+def build_target_domain(cfg: DictConfig, source: ImageDataModule) -> ImageDataModule | None:
+    """The shifted-domain data set of `precise_bn.data` (None when empty), normalized like the
+    source, so the shift is not undone by its own input statistics."""
+    changes = OmegaConf.to_container(cfg.precise_bn.data, resolve=True)
+    if not changes:
+        return None
+    merged = {**OmegaConf.to_container(cfg.data, resolve=True), **changes}  # type: ignore[dict-item]
+    target = build_datamodule(merged, int(cfg.precise_bn.batch_size), seed=int(cfg.seed))
+    target.setup("fit")
+    target.collate = source.collate
+    return target
+
+
+def quiet_lightning() -> None:
+    """One copy of each Lightning message (Hydra's root handler already prints them), no tips."""
+    logging.getLogger("lightning.pytorch").propagate = False
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    """CSV, TensorBoard and W&B loggers writing into the run folder (W&B on rank 0 only)."""
+    loggers: list[Logger] = []
+    if cfg.logger.get("csv", False):
+        loggers.append(
+            CSVLogger(save_dir=str(output_dir), name="csv", version=csv_version(output_dir))
+        )
+    if cfg.logger.get("tensorboard", False):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version=""))
+    if cfg.logger.get("wandb", False) and process_rank() == 0:
+        from normlab.wandb_logging import build_wandb_logger
+
+        wandb_logger = build_wandb_logger(cfg, output_dir)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    return loggers
+
+
+def close_loggers(loggers: list[Logger], failed: bool = False) -> None:
+    """End what a logger started beyond Lightning's own teardown: the W&B run."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            from normlab.wandb_logging import finish
+
+            finish(logger, failed)
