@@ -76,3 +76,22 @@ def test_cosine_with_warmup_and_step_schedules() -> None:
     assert step(19) == 1.0 and step(20) == pytest.approx(0.1) and step(45) == pytest.approx(0.01)
     short = lr_lambda({"name": "cosine", "warmup_epochs": 1}, total_steps=10, steps_per_epoch=10)
     assert short(2) == pytest.approx(1.0), "warm-up capped at a fifth of the run"
+
+
+def test_decay_toward_one_also_applies_when_the_step_runs_a_closure() -> None:
+    """Lightning passes optimizer.step a closure that zeroes and recomputes the gradients: the
+    decay toward one is added after it, not to the gradients it replaces."""
+    model = resnet()
+    bn = model.stem[1].norm
+    with torch.no_grad():
+        bn.weight.fill_(3.0)
+    optimizer = build_optimizer(model, {**CFG, "norm_weight_decay": "toward_one"}, lr=1.0)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        return torch.zeros(())
+
+    optimizer.step(closure)
+    torch.testing.assert_close(bn.weight, torch.full_like(bn.weight, 3.0 - 0.1 * 2.0))

@@ -111,10 +111,15 @@ def build_param_groups(
 
 class SGDWithDecayTargets(torch.optim.SGD):
     """SGD whose L2 decay pulls groups with a `decay_target` toward that value instead of 0
-    (the gradient gets `target_weight_decay * (p - target)`); other groups are plain SGD."""
+    (the gradient gets `target_weight_decay * (p - target)`); other groups are plain SGD.
+    A closure (Lightning passes one that zeroes and recomputes the gradients) runs first."""
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[no-untyped-def]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             target = group.get("decay_target")
             decay = group.get("target_weight_decay", 0.0)
@@ -123,7 +128,8 @@ class SGDWithDecayTargets(torch.optim.SGD):
             for param in group["params"]:
                 if param.grad is not None:
                     param.grad.add_(param - target, alpha=decay)
-        return super().step(closure)
+        super().step()
+        return loss
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
