@@ -103,8 +103,8 @@ def _is_group_override(item: str, conf_dir: Path) -> bool:
 
 
 def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
-    """The one-line error for an unknown key, an unparsable override or a value of the wrong
-    type. The schemas (normlab.config.schemas) decide: Hydra composes the config with the first
+    """The one-line error for an unknown key, an unparsable override, a value of the wrong type
+    or a key left without a value. The schemas (normlab.config.schemas) decide: Hydra composes the config with the first
     value of each sweep, and every other value of a sweep is then set on that config."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -120,6 +120,9 @@ def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
                     _set(cfg, key, value)
     except (HydraException, OmegaConfBaseException) as error:
         return error_line(_describe(error, conf_dir))
+    missing = sorted(OmegaConf.missing_keys(cfg))  # keys a schema leaves without a default
+    if missing:
+        return error_line(f"{', '.join(missing)} must be set (no default): {missing[0]}=...")
     return None
 
 

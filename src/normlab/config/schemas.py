@@ -135,22 +135,24 @@ class SyntheticConfig(LoaderConfig, _SyntheticKeys):
 
 # --------------------------------------------------------------------------------- optim
 @dataclass
-class OptimKeys:
-    """The optim keys normlab itself reads: every other key of the optim group is a keyword
-    argument of the optimizer class. Each optim schema below declares the last four."""
+class OptimConfig:
+    """The optim keys normlab itself reads, besides `name`; every other key of the group is a
+    keyword argument of the optimizer class. `optim=custom` is just these: any optimizer by
+    `optim._target_`, its own arguments added with `+optim.<arg>=...`."""
 
-    name: str | None = None  # an optimizer normlab names (sgd); `_target_` takes precedence
-    _target_: str | None = None  # any optimizer class, e.g. torch.optim.AdamW
+    _target_: str = MISSING  # an optimizer class by import path, e.g. torch.optim.RMSprop
     lr: float = MISSING  # the rate at ref_batch_size: the run uses lr * global_batch / ref
-    ref_batch_size: int | None = MISSING  # null: no scaling
-    weight_decay: float = MISSING
+    ref_batch_size: int | None = 256  # null: no scaling
+    weight_decay: float = 0.0
     # norm gamma/beta: false (no decay), true (toward 0), toward_one (gamma to 1, beta to 0)
-    norm_weight_decay: bool | str = MISSING
+    norm_weight_decay: bool | str = False
 
 
 @dataclass
 class SGDConfig:
-    """SGD with (Nesterov) momentum (`optim=sgd`): torch.optim.SGD over normlab's groups."""
+    """SGD with (Nesterov) momentum (`optim=sgd`): torch.optim.SGD over normlab's groups. The
+    optimizer is chosen by `name` (normlab.optim.OPTIMIZERS) where the config has no
+    `_target_`."""
 
     name: str = "sgd"
     lr: float = 0.1
@@ -292,7 +294,7 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
         "folder": FolderConfig,
         "synthetic": SyntheticConfig,
     },
-    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
+    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig, "custom": OptimConfig},
     "sched": {"cosine": CosineConfig, "step": StepConfig},
 }
 # What the builders check a plain mapping against: models by model.source, data by data.name.
