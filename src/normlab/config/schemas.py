@@ -193,7 +193,8 @@ class StepConfig:
 
     name: str = "step"
     warmup_epochs: int | float = 0
-    milestones: list[int | float] = field(default_factory=lambda: [100, 150])
+    # epochs, int or float (list[Any]: OmegaConf hands out a list's Union elements as nodes)
+    milestones: list[Any] = field(default_factory=lambda: [100, 150])
     gamma: float = 0.1
 
 
