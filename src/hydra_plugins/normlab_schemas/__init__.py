@@ -2,7 +2,7 @@
 
 Hydra imports every module of the hydra_plugins namespace package when it first looks for
 plugins, before it composes a config, so the schemas that conf/ files name in their defaults
-lists (`/schema/<group>/<option>`, conf/train.yaml's `train_schema`) are stored whichever way
+lists (`/<group>_<option>_schema`, conf/train.yaml's `train_schema`) are stored whichever way
 the config is composed: train.py, Hydra's compose API in tests and scripts, notebooks.
 """
 

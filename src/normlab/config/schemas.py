@@ -1,7 +1,7 @@
 """The typed schemas of the training config: every key, its type and its default.
 
 Each config file of conf/model, conf/data, conf/optim and conf/sched is based on one of these
-(`defaults: [/schema/<group>/<option>@_here_, _self_]`) and states only what differs; the
+(`defaults: [/<group>_<option>_schema, _self_]`) and states only what differs; the
 primary config conf/train.yaml is based on `TrainConfig`. Hydra then refuses an unknown key
 and converts or refuses each value by the type declared here, and the builders
 (models.registry, data.build, optim) take their valid keys from the same classes.
@@ -286,7 +286,8 @@ class TrainConfig:
 
 
 TRAIN_SCHEMA = "train_schema"  # conf/train.yaml's base
-# `/schema/<group>/<option>`: the base a config file of a typed group names in its defaults.
+# `/<group>_<option>_schema`: the base a config file of a typed group names in its defaults
+# (stored at the root of the ConfigStore, not as a group, so that --help lists no schema group).
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"resnet": ResNetConfig, "timm": TimmConfig},
     "data": {
@@ -316,11 +317,11 @@ def field_names(*schemas: type) -> list[str]:
 
 def register_schemas() -> None:
     """Store the schemas in Hydra's ConfigStore (again is harmless): `train_schema` and
-    `/schema/<group>/<option>`."""
+    `<group>_<option>_schema`."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name=TRAIN_SCHEMA, node=TrainConfig, provider="normlab")
     for group, options in GROUP_SCHEMAS.items():
         for option, schema in options.items():
-            store.store(group=f"schema/{group}", name=option, node=schema, provider="normlab")
+            store.store(name=f"{group}_{option}_schema", node=schema, provider="normlab")
