@@ -104,8 +104,9 @@ def _is_group_override(item: str, conf_dir: Path) -> bool:
 
 def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
     """The one-line error for an unknown key, an unparsable override, a value of the wrong type
-    or a key left without a value. The schemas (normlab.config.schemas) decide: Hydra composes the config with the first
-    value of each sweep, and every other value of a sweep is then set on that config."""
+    or a key left without a value. The schemas (normlab.config.schemas) decide: Hydra composes
+    the config with the first value of each sweep, then every other value of a sweep is set on
+    that config as Hydra will set it for its job."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -203,7 +204,7 @@ def _suggestion(error: Any, conf_dir: Path) -> str:
 
 def preflight(args: Sequence[str], conf_dir: Path) -> None:
     """Exit with one clear line, before Hydra starts, on an unknown group option or key, an
-    unparsable override or a value of the wrong type."""
+    unparsable override, a value of the wrong type or a key left without a value."""
     message = check_group_overrides(args, conf_dir) or check_config_overrides(args, conf_dir)
     if message:
         print(message, file=sys.stderr)

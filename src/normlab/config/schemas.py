@@ -213,7 +213,8 @@ class DebugConfig:
 
 @dataclass
 class PreciseBNConfig:
-    """Population statistics of batch-dependent layers (Rethinking BN; Four Things), METHODS §2-3."""
+    """Population statistics of batch-dependent layers (Rethinking BN; Four Things),
+    METHODS §2-3."""
 
     # 0: keep the EMA running statistics; N > 0: PreciseBN over N training samples before each
     # evaluation
@@ -236,7 +237,8 @@ class FrozenBNConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    """Activation / gradient / failure-mode diagnostics on a fixed probe batch (METHODS §4.3, §9)."""
+    """Activation / gradient / failure-mode diagnostics on a fixed probe batch
+    (METHODS §4.3, §9)."""
 
     every_n_epochs: int = 0  # 0: off (no cost)
     probe_size: int = 64

@@ -33,11 +33,11 @@ def build_datamodule(
         raise ValueError(
             f"unknown data set '{name}'; valid choices: {', '.join(available_datasets())}"
         )
-    valid = set(field_names(DATA_SCHEMAS[name], ShiftConfig)) - {"name"}
-    unknown = sorted(set(cfg) - valid)
+    valid = sorted(set(field_names(DATA_SCHEMAS[name], ShiftConfig)) - {"name"})
+    unknown = sorted(set(cfg) - set(valid))
     if unknown:
         raise ValueError(
-            f"data={name} got unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            f"data={name} got unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
         )
     corruption, severity = cfg.pop("corruption", None), int(cfg.pop("severity", 3) or 3)
     module = _build(name, cfg, batch_size, seed, virtual_devices)

@@ -51,11 +51,11 @@ def _resolve_stem(stem: str, image_size: int) -> str:
 
 def _check_keys(cfg: Mapping[str, Any], source: str) -> None:
     """Refuse keys that the schema of `source` models (config.schemas.MODEL_SCHEMAS) lacks."""
-    valid = field_names(MODEL_SCHEMAS[source])
+    valid = sorted(field_names(MODEL_SCHEMAS[source]))
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown {source} model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            f"unknown {source} model option(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
         )
 
 
