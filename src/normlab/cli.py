@@ -4,15 +4,17 @@ failed jobs recorded without stopping a sweep."""
 from __future__ import annotations
 
 import difflib
+import re
 import secrets
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.console import error_line
 
@@ -62,31 +64,30 @@ HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--s
 
 
 def _parse(overrides: list[str]) -> tuple[list[str], dict[str, list[object]]]:
-    """(overrides with each sweep replaced by its first value, key -> every value it takes).
+    """(overrides with each sweep replaced by its first value, key -> every value of a sweep).
 
-    One compose of the first values finds unknown keys; the value lists let every job's value
-    be type-checked. Interval and glob sweeps are left to Hydra.
+    One compose of the first values checks every key and value as a job will; the other values
+    of each sweep are then checked on that config. Interval and glob sweeps are left to Hydra.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
     single: list[str] = []
-    values: dict[str, list[object]] = {}
+    sweeps: dict[str, list[object]] = {}
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
         if not override.is_sweep_override():
             single.append(override.input_line or "")
-            values[key.lstrip("+~")] = [override.value()]
             continue
         sweep = override.value()
         if isinstance(sweep, ChoiceSweep):
-            values[key.lstrip("+~")] = list(sweep.list)
+            sweeps[key.lstrip("+~")] = list(sweep.list)
         try:
             first = next(iter(override.sweep_string_iterator()))
         except Exception:  # noqa: BLE001 - interval/glob sweeps: not checked here
             continue
         single.append(f"{key}={first}")
-    return single, values
+    return single, sweeps
 
 
 def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
@@ -101,87 +102,109 @@ def _is_group_override(item: str, conf_dir: Path) -> bool:
     return "/" in key or group_choices(conf_dir, key) is not None
 
 
-def _type_error(key: str, default: object, value: object) -> str | None:
-    """A message when `value` does not have the type of the default value of `key`."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    else:
-        return None
-    if ok or value is None:
-        return None
-    kind = {"bool": "true or false", "int": "an integer", "float": "a number"}
-    return f"{key} must be {kind[type(default).__name__]}, got {value!r}"
-
-
 def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
-    """The one-line error for an unknown key, an unparsable override or a value of the wrong
-    type (checked against the default's type), found by composing the config as Hydra will."""
+    """The one-line error for an unknown key, an unparsable override, a value of the wrong type
+    or a key left without a value. The schemas (normlab.config.schemas) decide: Hydra composes
+    the config with the first value of each sweep, then every other value of a sweep is set on
+    that config as Hydra will set it for its job."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     if any(a in HYDRA_FLAGS or a.startswith("--cfg") or a in ("-c", "-p") for a in args):
         return None
-    overrides = [a for a in args if not a.startswith("-")]
     try:
-        single, values = _parse(overrides)
-        _compose(conf_dir, single)
-        base = _compose(conf_dir, [o for o in single if _is_group_override(o, conf_dir)])
+        single, sweeps = _parse([a for a in args if not a.startswith("-")])
+        cfg = _compose(conf_dir, single)
+        for key, values in sweeps.items():
+            if not (_is_group_override(f"{key}=", conf_dir) or key.startswith("hydra.")):
+                for value in values[1:]:
+                    _set(cfg, key, value)
     except (HydraException, OmegaConfBaseException) as error:
-        return error_line(_describe(error) + _suggestion(error, conf_dir, overrides))
-    for key, choices in values.items():
-        if _is_group_override(f"{key}=", conf_dir) or key.startswith("hydra."):
-            continue
-        default = OmegaConf.select(base, key, default=None)
-        for value in choices:
-            message = _type_error(key, default, value)
-            if message:
-                return error_line(message)
+        return error_line(_describe(error, conf_dir))
+    missing = sorted(OmegaConf.missing_keys(cfg))  # keys a schema leaves without a default
+    if missing:
+        return error_line(f"{', '.join(missing)} must be set (no default): {missing[0]}=...")
     return None
 
 
-def _describe(error: BaseException) -> str:
+def _set(cfg: DictConfig, key: str, value: object) -> None:
+    """Set `key` as Hydra sets a job's override, failing as Hydra's compose fails."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.update(cfg, key, value, merge=True)
+    except OmegaConfBaseException as error:
+        raise ConfigCompositionException(f"Error merging override {key}={value}") from error
+
+
+def _describe(error: BaseException, conf_dir: Path) -> str:
     """Hydra's multi-line composition error as one sentence."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
     cause = error.__cause__
+    if isinstance(cause, ValidationError):
+        return _value_error(cause, str(error).splitlines()[0])
+    overridden = re.match(r"Could not override '([^']+)'", str(error))
+    if overridden and isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        key = overridden.group(1)
+        return f"unknown config key '{key}' (to add a new key write +{key}=...)" + _suggestion(
+            cause, conf_dir
+        )
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if cause is not None:
         lines += [line.strip() for line in str(cause).splitlines()[:1] if line.strip()]
-    text = " ".join(lines)
-    if "not in struct" in text and "Could not override" in text:
-        key = text.split("'")[1]
-        return f"unknown config key '{key}' (to add a new key write +{key}=...)"
-    return text.replace(
+    return " ".join(lines).replace(
         "See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details", ""
     )
 
 
-def _suggestion(error: BaseException, conf_dir: Path, overrides: list[str]) -> str:
-    """ "; did you mean 'norm'?" for an unknown key close to a known key or group name."""
-    text = _describe(error)
-    if not text.startswith("unknown config key '"):
-        return ""
-    key = text.split("'")[1]
-    parent, _, leaf = key.rpartition(".")
-    try:
-        groups = [o for o in overrides if _is_group_override(o, conf_dir)]
-        node = _compose(conf_dir, groups)
-    except Exception:  # noqa: BLE001 - a suggestion is optional
-        return ""
-    if parent:
-        node = OmegaConf.select(node, parent)
-    names = [str(k) for k in node] if isinstance(node, DictConfig) else []
-    if not parent:
+def _value_error(error: Any, context: str) -> str:
+    """'batch_size must be an integer, got 'abc'': the kind of value the schema declares for the
+    key; OmegaConf's own first line where the declared type says nothing simpler."""
+    parent, node = error.parent_node, error.child_node
+    if isinstance(parent, ListConfig):  # an element of a typed list
+        declared = parent._metadata.element_type
+    else:
+        node = node if node is not None else parent
+        declared = getattr(getattr(node, "_metadata", None), "ref_type", None)
+    kind = _kind(declared)
+    if kind is None or not isinstance(error.full_key, str):
+        return f"{context}: {str(error).splitlines()[0]}"
+    return f"{error.full_key} must be {kind}, got {error.value!r}"
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _kind(declared: Any) -> str | None:
+    """A declared type in words: 'an integer', 'a number', 'true or false or a string'."""
+    if get_origin(declared) in (list, ListConfig) or declared is list:
+        return "a list"
+    options = set(get_args(declared)) - {type(None)} if get_args(declared) else {declared}
+    if options == {int, float}:
+        return _KINDS[float]
+    if not options or not options <= set(_KINDS):
+        return None
+    return " or ".join(_KINDS[t] for t in _KINDS if t in options)
+
+
+def _suggestion(error: Any, conf_dir: Path) -> str:
+    """ "; did you mean 'optim.lr'?" for an unknown key close to a key of the same node (at the
+    top level, also a config group's name)."""
+    parent, leaf = error.parent_node, str(error.key)
+    names = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+    full_key = str(error.full_key)
+    prefix = full_key[: -len(leaf)] if full_key.endswith(leaf) else ""
+    if not prefix:
         names += [p.name for p in conf_dir.iterdir() if p.is_dir()]
     close = difflib.get_close_matches(leaf, names, n=1)
-    return f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def preflight(args: Sequence[str], conf_dir: Path) -> None:
     """Exit with one clear line, before Hydra starts, on an unknown group option or key, an
-    unparsable override or a value of the wrong type."""
+    unparsable override, a value of the wrong type or a key left without a value."""
     message = check_group_overrides(args, conf_dir) or check_config_overrides(args, conf_dir)
     if message:
         print(message, file=sys.stderr)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
-from normlab.optim import build_optimizer, lr_lambda
+from normlab.optim import DecayTargets, build_optimizer, lr_lambda
 
 
 def guard_optimizer(optimizer: torch.optim.Optimizer, found_inf: Tensor) -> None:
@@ -28,8 +28,12 @@ def guard_optimizer(optimizer: torch.optim.Optimizer, found_inf: Tensor) -> None
 
     Switches torch's SGD to its fused kernel, which reads `found_inf` on the device as AMP's
     GradScaler does, so skipping a step needs no host synchronisation. Called again after a
-    checkpoint restored the parameter groups (they carry the `fused` setting).
+    checkpoint restored the parameter groups (they carry the `fused` setting). The optimizers
+    normlab.optim builds (any `optim._target_`) guard themselves: `skip_steps_when`.
     """
+    if isinstance(optimizer, DecayTargets):
+        optimizer.skip_steps_when(found_inf)
+        return
     if not isinstance(optimizer, torch.optim.SGD):
         raise TypeError(
             f"the divergence guard needs torch.optim.SGD, got {type(optimizer).__name__}"

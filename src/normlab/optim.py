@@ -1,15 +1,21 @@
-"""Optimizer parameter groups, the linear scaling rule and warm-up schedules."""
+"""Optimizer parameter groups, the optimizer `optim` names, the linear scaling rule and warm-up
+schedules."""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from omegaconf import Container, OmegaConf
 from torch import nn
 
+from normlab.config.schemas import OptimConfig, field_names
 from normlab.norms import is_norm_layer
 
 
@@ -109,34 +115,125 @@ def build_param_groups(
     return [g for g in groups if g["params"]]
 
 
-class SGDWithDecayTargets(torch.optim.SGD):
-    """SGD whose L2 decay pulls groups with a `decay_target` toward that value instead of 0
-    (the gradient gets `target_weight_decay * (p - target)`); other groups are plain SGD."""
+class DecayTargets:
+    """Mixin over a torch optimizer class (`with_decay_targets`): parameter groups with a
+    `decay_target` decay toward it instead of 0 with strength `target_weight_decay`, and a flag
+    on the device can skip whole steps (`skip_steps_when`, normlab's divergence guard).
+
+    The decay toward the target is L2 like torch's `weight_decay`: added to the gradient
+    (`target_weight_decay * (p - target)`), or, in groups whose decay is decoupled (AdamW),
+    applied to the parameter as AdamW applies its own (`p -= lr * decay * (p - target)`).
+    A closure (Lightning passes one that computes the gradients) runs first.
+    """
+
+    param_groups: list[dict[str, Any]]
+
+    def skip_steps_when(self, found_inf: torch.Tensor) -> None:
+        """Skip every step (weights, optimizer state) while `found_inf` is 1. SGD, Adam and AdamW
+        read the flag on the device in their fused kernels, as under AMP's GradScaler; other
+        optimizers read it back on the host once per step."""
+        if isinstance(self, FUSED_GUARD):
+            for group in self.param_groups:
+                group["fused"] = True
+                group["foreach"] = None
+            self.found_inf = found_inf.view(())  # the kernels read it by this name
+        else:
+            self._skip_flag = found_inf
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[no-untyped-def]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        flag = getattr(self, "_skip_flag", None)
+        if flag is not None and bool(flag.any()):
+            return loss
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             target = group.get("decay_target")
             decay = group.get("target_weight_decay", 0.0)
             if target is None or not decay:
                 continue
-            for param in group["params"]:
-                if param.grad is not None:
+            params = [p for p in group["params"] if p.grad is not None]
+            if group.get("decoupled_weight_decay", False):
+                pull = group["lr"] * decay
+                for param in params:
+                    step = (param - target) * pull
+                    param.sub_(step if found_inf is None else step * (1 - found_inf))
+            else:
+                for param in params:
                     param.grad.add_(param - target, alpha=decay)
-        return super().step(closure)
+        super().step()  # type: ignore[misc]
+        return loss
+
+
+FUSED_GUARD = (torch.optim.SGD, torch.optim.Adam)  # (AdamW is an Adam)
+
+
+class SGDWithDecayTargets(DecayTargets, torch.optim.SGD):
+    """torch.optim.SGD with decay targets and the step guard: `optim=sgd`."""
+
+
+@functools.cache
+def with_decay_targets(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`cls` with DecayTargets mixed in (one class per optimizer class)."""
+    if cls is torch.optim.SGD:
+        return SGDWithDecayTargets
+    return type(f"{cls.__name__}WithDecayTargets", (DecayTargets, cls), {"__module__": __name__})
+
+
+OPTIMIZERS = {"sgd": torch.optim.SGD}  # optim.name, for a config without _target_
+
+
+def optimizer_class(cfg: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
+    """The optimizer class `optim._target_` names (any torch.optim.Optimizer subclass, by its
+    import path), else the one `optim.name` names."""
+    target = cfg.get("_target_")
+    if not target:
+        name = cfg.get("name", "sgd")
+        if name not in OPTIMIZERS:
+            raise ValueError(
+                f"optim.name must be {' or '.join(OPTIMIZERS)}, got '{name}' (any other "
+                "optimizer: optim._target_=<class>, as conf/optim/adamw.yaml does)"
+            )
+        return OPTIMIZERS[name]
+    module, _, attribute = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"optim._target_={target} cannot be imported ({error})") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"optim._target_={target} is not a torch.optim.Optimizer class")
+    return cls
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
-    """SGD with (Nesterov) momentum over the parameter groups."""
-    name = cfg.get("name", "sgd")
-    if name != "sgd":
-        raise ValueError(f"optim.name must be sgd, got '{name}'")
+    """normlab's parameter groups (build_param_groups) under the optimizer class that `cfg`
+    names (optimizer_class), at learning rate `lr`, with decay targets and the step guard. Keys
+    other than normlab's own (name and config.schemas.OptimConfig's) are the class's keyword
+    arguments."""
+    cls = optimizer_class(cfg)
+    own = {"name", *field_names(OptimConfig)}
+    options = {k: _plain(v) for k, v in cfg.items() if k not in own}
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            valid = ", ".join(k for k in accepted if k not in ("self", "params", "lr"))
+            raise ValueError(
+                f"optim.{unknown[0]} is no argument of {cls.__module__}.{cls.__name__} "
+                f"(its arguments: {valid})"
+            )
     groups = build_param_groups(
         model, float(cfg["weight_decay"]), cfg.get("norm_weight_decay", False)
     )
-    return SGDWithDecayTargets(
-        groups, lr=lr, momentum=float(cfg["momentum"]), nesterov=bool(cfg.get("nesterov", False))
-    )
+    return with_decay_targets(cls)(groups, lr=lr, **options)
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain Python (lists and dicts, not OmegaConf containers)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
 
 
 def lr_lambda(

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from normlab.config.schemas import DATA_SCHEMAS, ShiftConfig, field_names
 from normlab.data.base import ImageDataModule, InMemoryDataModule, LoaderOptions
 from normlab.data.cifar import CifarDataModule
 from normlab.data.corruptions import corrupt
@@ -15,20 +16,10 @@ from normlab.data.folder import AUGMENTS, FolderStreamDataModule, FolderTensorDa
 from normlab.data.shared import default_cache_dir
 from normlab.data.synthetic import SyntheticDataModule
 
-_LOADER_KEYS = {"num_workers", "train_samples", "val_samples", "eval_batch_size", "holdout_samples"}
-_SHIFT_KEYS = {"corruption", "severity"}  # a shifted domain (in-memory data sets only)
-_DATASET_KEYS: dict[str, set[str]] = {
-    "digits": {"image_size", "val_fraction", "augment"},
-    "cifar10": {"root", "download", "augment"},
-    "cifar100": {"root", "download", "augment"},
-    "folder": {"root", "augment", "image_size", "cache_dir"},
-    "synthetic": {"num_samples", "num_classes", "image_size", "channels"},
-}
-
 
 def available_datasets() -> list[str]:
     """Names `data.name` accepts."""
-    return sorted(_DATASET_KEYS)
+    return sorted(DATA_SCHEMAS)
 
 
 def build_datamodule(
@@ -38,14 +29,16 @@ def build_datamodule(
     (training batches of batch_size x virtual_devices, one chunk per virtual device)."""
     cfg = dict(data_cfg)
     name = cfg.pop("name", None)
-    if name not in _DATASET_KEYS:
+    if name not in DATA_SCHEMAS:
         raise ValueError(
             f"unknown data set '{name}'; valid choices: {', '.join(available_datasets())}"
         )
-    unknown = sorted(set(cfg) - _DATASET_KEYS[name] - _LOADER_KEYS - _SHIFT_KEYS)
+    valid = sorted(set(field_names(DATA_SCHEMAS[name], ShiftConfig)) - {"name"})
+    unknown = sorted(set(cfg) - set(valid))
     if unknown:
-        valid = ", ".join(sorted(_DATASET_KEYS[name] | _LOADER_KEYS | _SHIFT_KEYS))
-        raise ValueError(f"data={name} got unknown option(s) {', '.join(unknown)}; valid: {valid}")
+        raise ValueError(
+            f"data={name} got unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+        )
     corruption, severity = cfg.pop("corruption", None), int(cfg.pop("severity", 3) or 3)
     module = _build(name, cfg, batch_size, seed, virtual_devices)
     if corruption:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from normlab.config.schemas import MODEL_SCHEMAS, field_names
 from normlab.models.binding import bind_norms_to_convs, layers_needing_conv
 from normlab.models.layers import conv_factory
 from normlab.models.resnet import BasicBlock, Bottleneck, PreActBasicBlock, ResNet
@@ -34,18 +35,6 @@ RESNETS: dict[str, ResNetLayout] = {
     "resnet50": ResNetLayout("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), "B"),
 }
 
-_NORMLAB_KEYS = {
-    "source",
-    "name",
-    "preact",
-    "zero_init_last",
-    "weight_standardization",
-    "stem",
-    "activation",
-    "shortcut",
-}
-_TIMM_KEYS = {"source", "name", "activation", "timm_kwargs"}
-
 
 def available_models() -> list[str]:
     """Names `model=` accepts; `model=timm model.name=<timm name>` reaches any timm backbone."""
@@ -60,11 +49,13 @@ def _resolve_stem(stem: str, image_size: int) -> str:
     return stem
 
 
-def _check_keys(cfg: Mapping[str, Any], valid: set[str], what: str) -> None:
-    unknown = sorted(set(cfg) - valid)
+def _check_keys(cfg: Mapping[str, Any], source: str) -> None:
+    """Refuse keys that the schema of `source` models (config.schemas.MODEL_SCHEMAS) lacks."""
+    valid = sorted(field_names(MODEL_SCHEMAS[source]))
+    unknown = sorted(set(cfg) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown {what} model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            f"unknown {source} model option(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
         )
 
 
@@ -88,8 +79,10 @@ def _build(
     source = cfg.get("source", "normlab")
     name = cfg.get("name")
     activation = cfg.get("activation", "relu")
+    if source not in MODEL_SCHEMAS:
+        raise ValueError(f"model.source must be {' or '.join(MODEL_SCHEMAS)}, got '{source}'")
+    _check_keys(cfg, source)
     if source == "timm":
-        _check_keys(cfg, _TIMM_KEYS, "timm")
         return build_timm_model(
             str(name),
             norm,
@@ -98,9 +91,6 @@ def _build(
             activation,
             **dict(cfg.get("timm_kwargs") or {}),
         )
-    if source != "normlab":
-        raise ValueError(f"model.source must be normlab or timm, got '{source}'")
-    _check_keys(cfg, _NORMLAB_KEYS, "normlab")
     if name not in RESNETS:
         raise ValueError(
             f"unknown model '{name}'; valid choices: {', '.join(available_models())} "
