@@ -182,3 +182,16 @@ def test_ddp_spawn_becomes_ddp_under_slurm_tasks(monkeypatch: pytest.MonkeyPatch
 
 def _name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def test_no_checkpoint_at_all_when_checkpoints_are_disabled(tmp_path: Path) -> None:
+    """Lightning adds its own ModelCheckpoint (epoch=*.ckpt in the logger's folder) unless told
+    not to: callbacks.checkpoint.enabled=false must mean no checkpoint file."""
+    enabled = build_run(compose_config(TINY), tmp_path / "on")
+    assert [type(c).__name__ for c in enabled.trainer.checkpoint_callbacks] == [
+        "ModelCheckpoint"
+    ] * 2
+    disabled = build_run(
+        compose_config([*TINY, "callbacks.checkpoint.enabled=false"]), tmp_path / "off"
+    )
+    assert disabled.trainer.checkpoint_callbacks == []

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -103,6 +104,11 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     try:
         args = trainer_args(cfg)
         plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
+        # callbacks.checkpoint.enabled=false means no checkpoint at all: without a ModelCheckpoint
+        # of normlab's, Lightning would add its own, writing epoch=*.ckpt into the logger's folder.
+        args.setdefault(
+            "enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks)
+        )
         trainer = L.Trainer(
             **args,
             plugins=plugins or None,

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.build import Run, build_run, run_axes
 from normlab.callbacks import SUMMARY_FILE, read_fit_summary
 from normlab.console import print_config
-from normlab.environment import check_devices, process_rank
+from normlab.environment import check_devices, device_count, effective_strategy, process_rank
 from normlab.results import RunResult, redact, write_results
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
@@ -35,7 +35,9 @@ def run(cfg: DictConfig, output_dir: Path) -> RunResult:
         write_results(output_dir, results)
     parts: Run | None = None
     try:
-        results["threads"] = configure_threads(cfg.get("threads"))
+        spawned = effective_strategy(cfg.trainer.get("strategy")) == "ddp_spawn"
+        ranks = device_count(cfg.trainer) if spawned else 1  # spawned ranks share this job's cores
+        results["threads"] = configure_threads(cfg.get("threads"), ranks)
         check_devices(cfg.trainer)  # refused before the config is printed
         if primary and cfg.get("print_config", True):
             print_config(cfg)
