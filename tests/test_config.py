@@ -202,3 +202,22 @@ def test_schema_errors_are_one_line(args: list[str], expected: str) -> None:
 )
 def test_valid_overrides_pass_the_schema_checks(args: list[str]) -> None:
     assert check_config_overrides(args, CONF_DIR) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["norm.momentum=abc"], "norm.momentum must be a number, got 'abc'"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs must be an integer, got 'abc'"),
+        (["-m", "norm.momentum=0.1,abc"], "norm.momentum must be a number, got 'abc'"),
+        (["norm=gn", "norm.groups=2.5"], "norm.groups must be an integer, got 2.5"),
+        (["norm=gn", "norm.groups=4", "trainer.max_epochs=3", "norm.eps=1e-3"], None),
+    ],
+)
+def test_keys_of_open_groups_are_type_checked_against_their_file(
+    overrides: list[str], message: str | None
+) -> None:
+    """norm and trainer have no schema (norm parameters belong to the registry, trainer ones to
+    Lightning), so their overrides are checked against the chosen file's values."""
+    found = check_config_overrides(overrides, CONF_DIR)
+    assert (found is None) if message is None else (found is not None and message in found)

@@ -121,10 +121,60 @@ def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
                     _set(cfg, key, value)
     except (HydraException, OmegaConfBaseException) as error:
         return error_line(_describe(error, conf_dir))
+    untyped = _untyped_value_error(single, sweeps, cfg, conf_dir)
+    if untyped:
+        return error_line(untyped)
     missing = sorted(OmegaConf.missing_keys(cfg))  # keys a schema leaves without a default
     if missing:
         return error_line(f"{', '.join(missing)} must be set (no default): {missing[0]}=...")
     return None
+
+
+def _untyped_value_error(
+    single: list[str], sweeps: dict[str, list[object]], cfg: DictConfig, conf_dir: Path
+) -> str | None:
+    """The type check the schemas cannot make: keys of groups that stay open (norm parameters,
+    Lightning's trainer arguments) are checked against the type of their value in the chosen
+    option's file, as in 'norm.momentum must be a number, got 'abc''."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values: dict[str, list[object]] = {}
+    for override in OverridesParser.create().parse_overrides(single):
+        key = override.get_key_element().lstrip("+~")
+        if "." in key and not key.startswith("hydra.") and not override.is_delete():
+            values[key] = [override.value(), *sweeps.get(key, [])[1:]]
+    open_keys = [k for k in values if _is_open(cfg, k.split(".")[0])]
+    if not open_keys:
+        return None
+    base = _compose(conf_dir, [o for o in single if _is_group_override(o, conf_dir)])
+    for key in open_keys:
+        default = OmegaConf.select(base, key, default=None)
+        for value in values[key]:
+            message = _type_error(key, default, value)
+            if message:
+                return message
+    return None
+
+
+def _is_open(cfg: DictConfig, top: str) -> bool:
+    """Whether config node `top` has no schema (a plain dict: its keys are not type-checked)."""
+    node = cfg.get(top)
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
+
+
+def _type_error(key: str, default: object, value: object) -> str | None:
+    """A message when `value` does not have the type of `default` (bool, int or float)."""
+    if value is None or default is None:
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        return None
+    return None if ok else f"{key} must be {_KINDS[type(default)]}, got {value!r}"
 
 
 def _set(cfg: DictConfig, key: str, value: object) -> None:
