@@ -28,7 +28,9 @@ from normlab.config.schemas import (
 from tests.helpers import CONF_DIR
 
 register_resolvers()
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+GROUPS = sorted(
+    p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment_scale")
+)
 
 
 def compose_train(overrides: list[str]):

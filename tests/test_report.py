@@ -72,3 +72,24 @@ def test_results_json_holds_only_the_fields_of_run_result(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="results.json has no field best_acc"):
         write_results(tmp_path, {"status": "completed", "best_acc": 0.5})  # type: ignore[typeddict-unknown-key]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_rerun_sweep_skips_finished_jobs_and_refuses_another_job(tmp_path: Path) -> None:
+    from normlab.results import finished_result
+
+    job = ["norm=bn", "seed=0"]
+    assert finished_result(tmp_path, job) is None  # nothing ran yet
+    for status, bad_input, skipped in [
+        ("completed", None, True),
+        ("diverged", None, True),
+        ("failed", True, True),  # bad input fails again the same way
+        ("failed", False, False),  # e.g. a killed worker: run again
+        ("running", None, False),  # interrupted: resumes from checkpoints/last.ckpt
+    ]:
+        record = {"status": status, "norm": "bn", "overrides": job}
+        if bad_input is not None:
+            record["bad_input"] = bad_input
+        write_results(tmp_path, record)
+        assert (finished_result(tmp_path, list(reversed(job))) is not None) is skipped, status
+    with pytest.raises(ValueError, match="holds another job"):
+        finished_result(tmp_path, ["norm=gn", "seed=0"])

@@ -36,6 +36,19 @@ def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> N
     assert "sweep finished: 4 jobs: 1 completed, 2 failed, 1 diverged" in result.stdout
     assert "normlab: diverged (train loss " in result.stdout  # a diverged run says why
 
+    # The same command again into the same folder: finished jobs (completed, diverged, failed on
+    # bad input) are skipped; an interrupted one resumes from its last checkpoint.
+    job0 = tmp_path / "sweep" / "0" / "results.json"
+    job0.write_text(job0.read_text().replace('"completed"', '"interrupted"'))
+    again = run_train(
+        [*TINY, "divergence.loss_threshold=1e4,1e-9", "batch_size=16,0", "-m"], tmp_path
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _statuses(tmp_path / "sweep") == statuses
+    assert again.stdout.count("normlab: skipped, already") == 3
+    assert "4 jobs: 1 completed, 2 failed, 1 diverged, 3 of them skipped" in again.stdout
+    assert json.loads(job0.read_text())["resumed_from"].endswith("last.ckpt")
+
 
 def test_submitit_local_sweep_completes(tmp_path: Path) -> None:
     result = run_train(["hydra/launcher=submitit_local", *TINY, "norm=bn,gn", "-m"], tmp_path)

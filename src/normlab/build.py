@@ -170,7 +170,19 @@ def run_axes(cfg: DictConfig) -> RunResult:
         "data": cfg.data.name,
         "seed": int(cfg.seed),
         "devices": devices if isinstance(devices, int) else str(devices),
+        "norm_weight_decay": str(cfg.optim.get("norm_weight_decay", False)).lower(),
+        "preset": cfg.get("preset"),
+        "overrides": job_overrides(),
     }
+
+
+def job_overrides() -> list[str]:
+    """This job's command-line overrides as Hydra passed them (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
 
 
 def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:

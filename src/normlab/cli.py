@@ -17,8 +17,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.console import error_line
-
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+from normlab.results import USER_ERRORS, finished_result
+from normlab.sweep import mark_skipped
 
 
 def quiet_hydra_warnings() -> None:
@@ -272,6 +272,11 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        done = finished_result(output_dir, list(hydra_cfg.overrides.task)) if multirun else None
+        if done is not None:  # a re-run sweep: this job already has its outcome
+            mark_skipped(output_dir)
+            print(f"normlab: skipped, already {done['status']}: {output_dir / 'results.json'}")
+            return done.get("best_val_acc")
         results = run(cfg, output_dir)
     except Exception as error:  # recorded in results.json by run()
         detail = (

@@ -24,6 +24,8 @@ STATUSES: tuple[str, ...] = get_args(Status)
 T = TypeVar("T")
 COLUMN = "a column of the sweep report"
 SOMETIMES = "only in some finished runs"
+# Exceptions that mean the job's own input is wrong: one line, no traceback, not retried.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
 Column = Annotated[T, COLUMN]  # normlab.report.COLUMNS, in the order of RunResult
 Sometimes = Annotated[T, SOMETIMES]  # absent from a finished run unless it applies
 
@@ -42,10 +44,14 @@ class RunResult(TypedDict, total=False):
     data: Column[str]
     seed: Column[int]
     momentum: Column[float | None]  # the norm's, None for a norm without one
+    norm_weight_decay: str  # optim.norm_weight_decay: false, true or toward_one
+    preset: Column[str | None]  # conf/experiment/<preset>.yaml that set this job, if any
+    overrides: list[str]  # the job's command-line overrides (a re-run sweep checks them)
     devices: int | str  # trainer.devices as given
     # the job
     status: Column[Status]
     error: Sometimes[str]  # 'failed': '<ExceptionType>: <message>'
+    bad_input: Sometimes[bool]  # 'failed' on a user error (a re-run sweep does not retry it)
     output_dir: str
     threads: int
     # what training measured
@@ -148,3 +154,28 @@ def write_results(output_dir: Path, results: RunResult) -> Path:
 def read_results(output_dir: Path) -> RunResult:
     """The results.json of a run folder."""
     return json.loads((Path(output_dir) / RESULTS_FILE).read_text())
+
+
+def finished_result(output_dir: Path, overrides: list[str]) -> RunResult | None:
+    """The results.json of a job that a re-run sweep must not run again: completed, diverged,
+    or failed on bad input (running, interrupted and other failures run again, resuming from
+    checkpoints/last.ckpt). A folder that holds a different job is refused: Hydra numbers a
+    sweep's jobs in order, so a changed grid would pair results with the wrong settings."""
+    path = Path(output_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        prior = read_results(output_dir)
+    except ValueError:
+        return None
+    recorded = prior.get("overrides")
+    if recorded is not None and sorted(recorded) != sorted(overrides):
+        raise ValueError(
+            f"{output_dir} holds another job ({' '.join(recorded)}), not this one "
+            f"({' '.join(overrides)}); re-run the same sweep command into this folder, or give a "
+            "new hydra.sweep.dir"
+        )
+    status = prior.get("status")
+    if status in ("completed", "diverged") or (status == "failed" and prior.get("bad_input")):
+        return prior
+    return None

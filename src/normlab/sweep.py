@@ -7,6 +7,7 @@ files of the sweep folder, as reports do, so it works with every launcher.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,22 @@ def sweep_statuses(sweep_dir: Path) -> Counter[str]:
     return counts
 
 
-def summary_line(sweep_dir: Path) -> str:
-    """'normlab: sweep finished: N jobs: a completed, b failed, c diverged (...) in <dir>'."""
+SKIPPED_MARKER = ".skipped"
+
+
+def mark_skipped(output_dir: Path) -> None:
+    """Note that a re-run sweep skipped this finished job (read by the summary line)."""
+    (Path(output_dir) / SKIPPED_MARKER).touch()
+
+
+def skipped_since(sweep_dir: Path, since: float) -> int:
+    """Jobs of `sweep_dir` skipped as already finished since `since` (a time.time())."""
+    return sum(1 for p in sweep_dir.rglob(SKIPPED_MARKER) if p.stat().st_mtime >= since)
+
+
+def summary_line(sweep_dir: Path, skipped: int = 0) -> str:
+    """'normlab: sweep finished: N jobs: a completed, b failed, c diverged (...) in <dir>', with
+    how many of them a re-run skipped because they had already finished."""
     counts = sweep_statuses(sweep_dir)
     total = sum(counts.values())
     missing = counts.pop("missing", 0)
@@ -37,11 +52,20 @@ def summary_line(sweep_dir: Path) -> str:
     parts += [f"{n} {s}" for s, n in sorted(counts.items())]
     if missing:
         parts.append(f"{missing} without results")
+    if skipped:
+        parts.append(f"{skipped} of them skipped as already finished")
     return f"normlab: sweep finished: {total} jobs: {', '.join(parts)}; results in {sweep_dir}"
 
 
 class SweepSummary(Callback):
     """Print the summary line when a multirun ends."""
 
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time() - 1.0  # file times have coarse resolution on some systems
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print(summary_line(Path(str(config.hydra.sweep.dir))), flush=True)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        print(summary_line(sweep_dir, skipped_since(sweep_dir, self.started)), flush=True)

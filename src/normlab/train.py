@@ -17,7 +17,7 @@ from normlab.build import Run, build_run, run_axes
 from normlab.callbacks import SUMMARY_FILE, read_fit_summary
 from normlab.console import print_config
 from normlab.environment import check_devices, device_count, effective_strategy, process_rank
-from normlab.results import RunResult, redact, write_results
+from normlab.results import USER_ERRORS, RunResult, redact, write_results
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.wandb_logging import log_results_table
@@ -62,6 +62,7 @@ def run(cfg: DictConfig, output_dir: Path) -> RunResult:
             results.update(fit_results(cfg, parts, output_dir))
     except Exception as error:
         results.update(status="failed", error=redact(f"{type(error).__name__}: {error}"))
+        results["bad_input"] = isinstance(error, USER_ERRORS)
         if primary:
             (output_dir / "error.log").write_text(redact(traceback.format_exc()))
         raise

@@ -275,6 +275,9 @@ class TrainConfig:
     # validation batch size (null: max(batch_size, 128)); matters for eval_stats=batch
     eval_batch_size: int | None = None
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    # the paper preset this job belongs to (set by conf/experiment/<preset>.yaml; the report
+    # puts that paper's published numbers beside the results)
+    preset: str | None = None
     # The config groups, filled by conf/train.yaml's defaults list: model, data, optim and sched
     # from the schemas below, the others open.
     norm: Any = MISSING
