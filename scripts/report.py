@@ -1,7 +1,8 @@
 """Summarise a sweep folder: python scripts/report.py multirun/<date>/<time>-<id>
 
-Prints the status counts and a norm x batch-size table of best validation accuracy (%), and
-writes results.csv, table.txt and accuracy.png into the folder."""
+Prints the paper-style report (mean ± std over seeds per setting of the swept axes, the
+paper's numbers and claims for a preset sweep) and writes report.md, summary.csv, results.csv,
+table.txt and the figures into the folder. Partial sweeps work: unfinished runs are counted."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def main() -> None:
     except FileNotFoundError as error:
         print(f"normlab: error: {error}", file=sys.stderr)
         sys.exit(1)
-    print(outputs["table"].read_text())
+    print(outputs["markdown"].read_text())
     for kind, path in outputs.items():
         print(f"{kind}: {path}")
 

@@ -22,7 +22,13 @@ def make_sweep(folder: Path) -> None:
     for index, (norm, batch, status, acc) in enumerate(runs):
         write_results(
             folder / str(index),
-            {"status": status, "norm": norm, "batch_size": batch, "best_val_acc": acc},
+            {
+                "status": status,
+                "norm": norm,
+                "batch_size": batch,
+                "best_val_acc": acc,
+                "val_acc": acc,
+            },
         )
 
 

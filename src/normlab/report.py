@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from normlab.results import COLUMN_FIELDS, RESULTS_FILE  # noqa: E402
+from normlab.paper_report import write_paper_report
+from normlab.results import COLUMN_FIELDS, RESULTS_FILE
 
 # Columns of results.csv: RunResult's Column fields, then the shifted-domain accuracies taken
 # out of its domain_shift field (with the source statistics, with re-estimated ones).
@@ -96,25 +93,9 @@ def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={columns[0]: "source stats", columns[1]: "re-estimated"}).round(2)
 
 
-def plot_accuracy(table: pd.DataFrame, path: Path, ylabel: str = "best val accuracy (%)") -> Path:
-    """Accuracy vs per-device batch size, one line per norm (the GN paper's Figure 1 shape)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, row in table.iterrows():
-        name = " ".join(map(str, label)) if isinstance(label, tuple) else str(label)
-        ax.plot(row.index.astype(int), row.values, marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size per device")
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def write_report(folder: Path) -> dict[str, Path]:
-    """results.csv, table.txt and accuracy.png in `folder`; returns their paths."""
+    """results.csv (one row per run), table.txt (best accuracy, norm x batch), and the paper-style
+    report (report.md, summary.csv, figures: see normlab.paper_report) in `folder`."""
     frame = collect_results(folder)
     outputs = {"csv": folder / "results.csv", "table": folder / "table.txt"}
     frame[[c for c in ["run", *COLUMNS] if c in frame]].to_csv(outputs["csv"], index=False)
@@ -126,6 +107,7 @@ def write_report(folder: Path) -> dict[str, Path]:
     if not shifted.empty:
         text += "\n\naccuracy on the shifted domain (%)\n" + shifted.to_string()
     outputs["table"].write_text(text + "\n")
-    if not table.empty and table.shape[1] > 1:
-        outputs["plot"] = plot_accuracy(table, folder / "accuracy.png")
-    return outputs
+    paper = write_paper_report(frame, folder)
+    if "accuracy vs batch per device" in paper:
+        outputs["plot"] = paper.pop("accuracy vs batch per device")
+    return {**outputs, **paper}

@@ -1,0 +1,61 @@
+"""The paper-style report of a preset sweep: mean ± std over completed seeds per setting, the
+paper's numbers beside them, its claims judged, figures; partial sweeps included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from normlab.report import collect_results, write_report
+from normlab.results import write_results
+
+
+def make_gn_sweep(folder: Path) -> None:
+    """BN and GN at batch 2 and 32, three seeds, with one failed, one diverged, one unfinished
+    run and one seed that never started."""
+    job = 0
+    for norm, batch, accs in [
+        ("bn", 2, [0.40, 0.44, "diverged"]),
+        ("bn", 32, [0.80, 0.82, "running"]),
+        ("gn", 2, [0.70, 0.72, 0.74]),
+        ("gn", 32, [0.75, "failed"]),  # seed 2 missing
+    ]:
+        for seed, acc in enumerate(accs):
+            status = acc if isinstance(acc, str) else "completed"
+            record = {"status": status, "norm": norm, "batch_size": batch, "seed": seed,
+                      "preset": "gn_batch_size", "norm_params": {"momentum": 0.1}}  # fmt: skip
+            if status == "completed":
+                history = [{"epoch": 0, "val/acc": acc - 0.1}, {"epoch": 1, "val/acc": acc}]
+                record.update(val_acc=acc, best_val_acc=acc, history=history)
+            write_results(folder / str(job), record)
+            job += 1
+
+
+def test_preset_sweep_report_has_spread_paper_column_claims_and_figures(tmp_path: Path) -> None:
+    make_gn_sweep(tmp_path)
+    outputs = write_report(tmp_path)
+    text = outputs["markdown"].read_text()
+    assert (
+        "| norm | batch per device | val acc % (normlab) | top-1 % (paper) | paper source |" in text
+    )
+    assert "| bn | 2 | 42.00 ± 2.83 (n=2) [diverged 1] | 65.3 | gn: Table 2 |" in text
+    assert "| bn | 32 | 81.00 ± 1.41 (n=2) [unfinished 1] | 76.4 | gn: Table 2 |" in text
+    assert "| gn | 2 | 72.00 ± 2.00 (n=3) | 75.9 | gn: Table 2 |" in text
+    assert "| gn | 32 | 75.00 (n=1) [failed 1] | 75.9 | gn: Table 2 |" in text
+    assert "| GN is better than BN at a per-device batch of 2 | gn: Table 2 | agrees |" in text
+    assert "| BN is better than GN at a per-device batch of 32 | gn: Table 2 | agrees |" in text
+    assert "At 32 per device: BN > GN > LN > IN | gn: Table 1 | not measured" in text
+    assert "Wu & He, Group Normalization, ECCV 2018" in text
+    for name in ("plot", "accuracy after every epoch"):
+        assert outputs[name].stat().st_size > 5000
+    assert outputs["summary"].read_text().count("\n") == 5  # header + 4 settings
+
+
+def test_a_sweep_without_a_preset_still_gets_its_table_and_plot(tmp_path: Path) -> None:
+    for seed, acc in enumerate([0.5, 0.6]):
+        write_results(tmp_path / str(seed), {"status": "completed", "norm": "gn", "batch_size": 8,
+                                             "seed": seed, "val_acc": acc})  # fmt: skip
+    outputs = write_report(tmp_path)
+    text = outputs["markdown"].read_text()
+    assert "| gn | 55.00 ± 7.07 (n=2) |" in text and "paper" not in text
+    assert outputs["plot"].stat().st_size > 5000  # one batch size: one point per norm
+    assert len(collect_results(tmp_path)) == 2
