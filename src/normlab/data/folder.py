@@ -8,6 +8,8 @@ one size) and augments tensors, which is what makes CPU runs on CIFAR-sized fold
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -85,7 +87,9 @@ def decode_folder_cached(
     stacked = torch.stack(images)
     labels = torch.tensor([label for _, label in index.samples])
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    # A name of this process's own: parallel sweep jobs decode the same folder at once, and a
+    # shared temporary name let one job rename away the file another was about to rename.
+    tmp = cache.with_suffix(f".{os.getpid()}-{secrets.token_hex(4)}.tmp")
     torch.save({"images": stacked, "labels": labels, "classes": index.classes}, tmp)
     tmp.replace(cache)
     return stacked, labels, index.classes
