@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
+from normlab.norms.checks import check_eps, check_momentum
 from normlab.norms.population import (
     PopulationStats,
     population_var,
@@ -119,21 +120,6 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, PopulationStats, VirtualDevices):
         assert self.running_mean is not None and self.running_var is not None
         self.running_mean.copy_(mean)
         self.running_var.copy_(population_var(mean, ex2))
-
-
-def check_momentum(name: str, momentum: float | None, allow_none: bool = True) -> None:
-    """Refuse a momentum outside (0, 1] (None allowed where a cumulative average is)."""
-    if momentum is None and allow_none:
-        return
-    if momentum is None or not 0.0 < float(momentum) <= 1.0:
-        extra = " or null (cumulative average)" if allow_none else ""
-        raise ValueError(f"{name}: momentum must be in (0, 1]{extra}, got {momentum}")
-
-
-def check_eps(name: str, eps: float) -> None:
-    """Refuse a non-positive eps."""
-    if not float(eps) > 0.0:
-        raise ValueError(f"{name}: eps must be > 0, got {eps}")
 
 
 @register_norm("bn", batch_dependent=True, summary="BatchNorm over (N,H,W) per channel")

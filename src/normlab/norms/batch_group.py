@@ -19,24 +19,10 @@ from torch import Tensor, nn
 
 from normlab.norms._fast import var_mean
 from normlab.norms.base import NormLayer
-from normlab.norms.batch import check_eps, check_momentum
+from normlab.norms.checks import check_eps, check_fraction, check_groups, check_int, check_momentum
 from normlab.norms.population import PopulationStats, upcast
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import VirtualDevices
-
-
-def divisors(n: int) -> list[int]:
-    """The positive divisors of n, for error messages."""
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def check_groups(name: str, num_channels: int, groups: int) -> None:
-    """Refuse a group count that does not divide the channel count."""
-    if not isinstance(groups, int) or groups < 1 or num_channels % groups:
-        raise ValueError(
-            f"{name}: groups={groups!r} does not divide num_channels={num_channels}; "
-            f"valid groups: {', '.join(map(str, divisors(num_channels)))}"
-        )
 
 
 class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
@@ -206,15 +192,12 @@ def build_batch_group(
 ) -> BatchGroupNorm2d:
     """Batch/Group Normalization with `groups` channel groups and example groups of E."""
     check_groups("batch_group", num_channels, groups)
-    if not isinstance(examples_per_group, int) or examples_per_group < 1:
-        raise ValueError(
-            f"batch_group: examples_per_group must be an int >= 1 dividing the per-device batch, "
-            f"got {examples_per_group!r}"
-        )
+    check_int(
+        "batch_group", "examples_per_group", examples_per_group, 1, " dividing the per-device batch"
+    )
     check_momentum("batch_group", momentum)
     check_eps("batch_group", eps)
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"batch_group: alpha must be in [0, 1], got {alpha}")
+    check_fraction("batch_group", "alpha", alpha)
     return BatchGroupNorm2d(
         num_channels,
         groups,

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
-from normlab.norms.batch import check_eps, check_momentum
-from normlab.norms.batch_group import check_groups
+from normlab.norms.checks import check_eps, check_groups, check_momentum
 from normlab.norms.population import (
     PopulationStats,
     population_var,

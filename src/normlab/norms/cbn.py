@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.batch import BatchNorm2d
+from normlab.norms.checks import check_eps, check_fraction, check_int, check_momentum
 from normlab.norms.registry import register_norm
 
 
@@ -228,14 +229,9 @@ def build_cbn(
     no_conv: str = "naive",
 ) -> CrossIterationBatchNorm2d:
     """CBN over a window of `window` iterations (the current one included)."""
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(
-            f"cbn: window must be an int >= 1 (iterations, the current one included), got {window!r}"
-        )
-    if not isinstance(burnin_steps, int) or burnin_steps < 0:
-        raise ValueError(f"cbn: burnin_steps must be an int >= 0, got {burnin_steps!r}")
-    if not 0.0 <= float(rho) <= 1.0:
-        raise ValueError(f"cbn: rho must be in [0, 1] (0: no compensation), got {rho}")
+    check_int("cbn", "window", window, 1, " (iterations, the current one included)")
+    check_int("cbn", "burnin_steps", burnin_steps, 0)
+    check_fraction("cbn", "rho", rho, " (0: no compensation)")
     if no_conv not in ("naive", "error"):
         raise ValueError(f"cbn: no_conv must be naive or error, got {no_conv!r}")
     check_momentum("cbn", momentum)

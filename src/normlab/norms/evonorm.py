@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from normlab.norms._fast import var_mean
 from normlab.norms.base import NormLayer
-from normlab.norms.group import resolve_groups
+from normlab.norms.checks import check_eps, resolve_groups
 from normlab.norms.registry import register_norm
 
 
@@ -86,7 +86,6 @@ def build_evonorm_s0(
     eps: float = 1e-5,
 ) -> EvoNormS0:
     """EvoNorm-S0 in place of norm + activation (any activation name: the gate replaces it)."""
-    if not eps > 0:
-        raise ValueError(f"evonorm_s0: eps must be > 0, got {eps}")
+    check_eps("evonorm_s0", eps)
     resolved = resolve_groups("evonorm_s0", num_channels, groups, group_size)
     return EvoNormS0(num_channels, resolved, gated=activation is not None, eps=eps)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from normlab.norms._fast import mean_square
 from normlab.norms.activations import make_activation
 from normlab.norms.base import NormLayer
+from normlab.norms.checks import check_eps
 from normlab.norms.registry import register_norm
 
 
@@ -86,6 +87,5 @@ def build_frn(
     learnable_eps: bool = False,
 ) -> FilterResponseNorm:
     """FRN with TLU in place of norm + ReLU."""
-    if not eps > 0:
-        raise ValueError(f"frn: eps must be > 0, got {eps}")
+    check_eps("frn", eps)
     return FilterResponseNorm(num_channels, activation, float(eps), bool(learnable_eps))

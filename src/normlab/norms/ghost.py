@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.batch import BatchNorm2d
+from normlab.norms.checks import check_eps, check_int, check_momentum
 from normlab.norms.population import record_chunk_statistics
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import chunk_batch_norm
@@ -104,11 +105,9 @@ def build_ghost_bn(
     eps: float = 1e-5,
 ) -> GhostBatchNorm2d:
     """Ghost BN; the running statistics are updated once per ghost batch (bigBatch)."""
-    if not isinstance(ghost_batch_size, int) or ghost_batch_size < 2:
-        raise ValueError(
-            f"ghost_bn: ghost_batch_size must be an int >= 2 that divides the per-device batch, "
-            f"got {ghost_batch_size!r}"
-        )
+    check_int(
+        "ghost_bn", "ghost_batch_size", ghost_batch_size, 2, " that divides the per-device batch"
+    )
     check_momentum("ghost_bn", momentum)
     check_eps("ghost_bn", eps)
     return GhostBatchNorm2d(num_channels, ghost_batch_size, momentum, eps)

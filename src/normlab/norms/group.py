@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from normlab.norms.base import NormLayer
+from normlab.norms.checks import resolve_groups
 from normlab.norms.registry import register_norm
 
 
@@ -20,31 +21,6 @@ class GroupNorm(nn.GroupNorm, NormLayer):
 
     def __init__(self, num_channels: int, num_groups: int, eps: float = 1e-5) -> None:
         super().__init__(num_groups=num_groups, num_channels=num_channels, eps=eps)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def resolve_groups(name: str, num_channels: int, groups: int | None, group_size: int | None) -> int:
-    """Number of groups from `groups` or `group_size`, which must divide the channel count."""
-    if (groups is None) == (group_size is None):
-        raise ValueError(f"{name}: set exactly one of groups or group_size (the other to null)")
-    choices = ", ".join(map(str, _divisors(num_channels)))
-    if group_size is not None:
-        if group_size < 1 or num_channels % group_size:
-            raise ValueError(
-                f"{name}: group_size={group_size} does not divide num_channels={num_channels}; "
-                f"valid group sizes: {choices}"
-            )
-        return num_channels // group_size
-    assert groups is not None
-    if groups < 1 or num_channels % groups:
-        raise ValueError(
-            f"{name}: groups={groups} does not divide num_channels={num_channels}; "
-            f"valid groups: {choices} (or set group_size)"
-        )
-    return groups
 
 
 @register_norm("gn", batch_dependent=False, summary="GroupNorm: per sample over (C/G,H,W)")

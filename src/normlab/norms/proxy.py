@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from normlab.norms.activations import make_activation
 from normlab.norms.base import NormLayer
-from normlab.norms.group import resolve_groups
+from normlab.norms.checks import check_eps, check_int, check_positive, resolve_groups
 from normlab.norms.registry import register_norm
 
 
@@ -129,12 +129,9 @@ class ProxyNormAct(NormLayer):
 
 
 def _check(name: str, proxy_points: int, proxy_eps: float, eps: float) -> None:
-    if not isinstance(proxy_points, int) or proxy_points < 2:
-        raise ValueError(f"{name}: proxy_points must be an int >= 2, got {proxy_points!r}")
-    if not proxy_eps > 0:
-        raise ValueError(f"{name}: proxy_eps must be > 0, got {proxy_eps}")
-    if not eps > 0:
-        raise ValueError(f"{name}: eps must be > 0, got {eps}")
+    check_int(name, "proxy_points", proxy_points, 2)
+    check_positive(name, "proxy_eps", proxy_eps)
+    check_eps(name, eps)
 
 
 @register_norm(

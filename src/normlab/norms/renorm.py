@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from normlab.norms._fast import batch_norm_train, channel_var_mean
 from normlab.norms.base import NormLayer
-from normlab.norms.batch import check_eps, check_momentum
+from normlab.norms.checks import check_eps, check_int, check_momentum
 from normlab.norms.population import PopulationStats, population_var, upcast
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import VirtualDevices
@@ -228,8 +228,7 @@ def build_brn(
         raise ValueError(f"brn: d_max must be >= 0, got {d_max}")
     steps = {"warmup_steps": warmup_steps, "r_max_steps": r_max_steps, "d_max_steps": d_max_steps}
     for key, value in steps.items():
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"brn: {key} must be an int >= 0, got {value!r}")
+        check_int("brn", key, value, 0)
     for key in ("r_max_steps", "d_max_steps"):
         if steps[key] < warmup_steps:
             raise ValueError(
