@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from normlab.models import build_model
-from normlab.norms.population import batch_dependent_layers, set_stats_mode
+from normlab.norms.population import population_layers, set_stats_mode
 from normlab.norms.registry import build_norm, norm_factory
 from tests.helpers import free_port
 
@@ -480,7 +480,7 @@ def test_batch_mode_in_eval_equals_train_normalization(name: str) -> None:
 
 def test_helpers_find_and_set_layers() -> None:
     model = build_model({"name": "resnet20"}, norm_factory("bgn"), 10)
-    layers = batch_dependent_layers(model)
+    layers = population_layers(model)
     assert len(layers) == 19
     assert set_stats_mode(model, "population") == 19
     assert all(layer.stats_mode == "population" for layer in layers)

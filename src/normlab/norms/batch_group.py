@@ -15,23 +15,23 @@ mu_i = alpha a_i + (1-alpha) M1, s_i = alpha b_i + (1-alpha) M2, var_i = s_i - m
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normlab.norms._fast import var_mean
-from normlab.norms.base import NormLayer
 from normlab.norms.checks import check_eps, check_fraction, check_groups, check_int, check_momentum
-from normlab.norms.population import PopulationStats, upcast
+from normlab.norms.population import PopulationNorm, upcast
 from normlab.norms.registry import register_norm
-from normlab.norms.virtual import VirtualDevices
 
 
-class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
+class BatchGroupNorm2d(PopulationNorm):
     """Summers & Dinneen's Batch/Group Normalization with running E[x], E[x^2] per channel.
 
     Virtual devices need nothing more: examples_per_group divides batch_size (checked before
     training), so no example group straddles two devices' chunks, and the running moments'
     update is linear in the batch averages (the mean of the ranks' updates).
     """
+
+    population_buffers = ("running_m1", "running_m2")  # E[x] and E[x^2] per channel
 
     def __init__(
         self,
@@ -42,19 +42,11 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         eps: float,
         alpha: float,
     ) -> None:
-        super().__init__()
-        self.num_channels = num_channels
+        super().__init__(num_channels, num_channels, momentum, eps)
         self.groups = groups
         self.examples_per_group = examples_per_group
-        self.momentum = momentum
-        self.eps = eps
         self.alpha = alpha
-        self.batch_dependent = examples_per_group > 1
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.register_buffer("running_m1", torch.zeros(num_channels))
-        self.register_buffer("running_m2", torch.ones(num_channels))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.batch_dependent = examples_per_group > 1  # E = 1 is GN with running statistics
 
     def extra_repr(self) -> str:
         return (
@@ -83,7 +75,7 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         g, k = self.groups, c // self.groups
         var_nc, a = (t.view(n, c) for t in var_mean(x, (2, 3)))
         mode = self.stats_mode
-        if mode in ("batch", "record") or (mode == "ema" and self.training):
+        if self.uses_batch_statistics():
             self.check_batch_size(n)
             e = self.examples_per_group
             a_groups = a.view(n // e, e, g, k)
@@ -93,9 +85,9 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
             inv = torch.rsqrt(var + self.eps)  # (n/e, 1, g, 1)
             scale = (inv * self.weight.view(1, 1, g, k)).expand(n // e, e, g, k).reshape(n, c)
             shift = self.bias - mu.expand(n // e, e, g, k).reshape(n, c) * scale
-            if mode == "ema":
+            if self.updates_running_statistics():
                 with torch.no_grad():
-                    self._update_running(a, var_nc + a * a)
+                    self._update_population(a.mean(0), (var_nc + a * a).mean(0))
             elif mode == "record":
                 with torch.no_grad():
                     self._record(x.numel() // g, *self._group_average(a, var_nc + a * a))
@@ -122,15 +114,15 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         a = x.mean(dim=(2, 3))
         b = (x * x).mean(dim=(2, 3))
         mode = self.stats_mode
-        if mode in ("batch", "record") or (mode == "ema" and self.training):
+        if self.uses_batch_statistics():
             self.check_batch_size(n)
             e = self.examples_per_group
             mu = a.reshape(n // e, e, g, c // g).mean(dim=(1, 3))
             s = b.reshape(n // e, e, g, c // g).mean(dim=(1, 3))
             mu = mu.repeat_interleave(e, dim=0)
             s = s.repeat_interleave(e, dim=0)
-            if mode == "ema":
-                self._update_running(a.detach(), b.detach())
+            if self.updates_running_statistics():
+                self._update_population(a.detach().mean(0), b.detach().mean(0))
             elif mode == "record":
                 self._record(n * (c // g) * h * w, *self._group_average(a, b))
         else:
@@ -159,16 +151,6 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         """Moments averaged over examples and the channels of each group: (G,) each."""
         mu, s = self._group_moments(a, b)
         return mu.mean(0), s.mean(0)
-
-    @torch.no_grad()
-    def _update_running(self, a: Tensor, b: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        # momentum None: cumulative average (weight 1/k for the k-th batch), as torch's BN.
-        weight = (
-            self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        )
-        self.running_m1.lerp_(a.mean(0).to(self.running_m1.dtype), weight)
-        self.running_m2.lerp_(b.mean(0).to(self.running_m2.dtype), weight)
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         k = self.num_channels // self.groups

@@ -105,7 +105,7 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
             self._conv_input = inputs[0].detach()
 
     def forward(self, x: Tensor) -> Tensor:
-        cross = self.training and self.stats_mode == "ema" and self.window > 1
+        cross = self.updates_running_statistics() and self.window > 1
         if not cross:
             return super().forward(x)
         if self.uncompensated:
@@ -173,14 +173,10 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
 
     @torch.no_grad()
     def _update_running(self, x: Tensor, mean: Tensor) -> None:
-        self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
-        factor = (
-            self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        )
+        """The running mean and unbiased variance of the current iteration, as bn's."""
         count = x.numel() / x.shape[1]
         var = x.detach().var(dim=(0, 2, 3), unbiased=False) * count / max(count - 1, 1)
-        self.running_mean.lerp_(mean.detach(), factor)  # type: ignore[union-attr]
-        self.running_var.lerp_(var, factor)  # type: ignore[union-attr]
+        self._update_population(mean.detach(), var)
 
     def _window_statistics(self, mean: Tensor, sq: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and E[x^2] over the current and the compensated past iterations."""

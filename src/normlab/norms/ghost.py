@@ -15,7 +15,6 @@ are the mean of what each device's sequence of ghost updates gives.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from normlab.norms.batch import BatchNorm2d
@@ -46,24 +45,20 @@ class GhostBatchNorm2d(BatchNorm2d):
             )
 
     def batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        mode = self.stats_mode
-        use_batch = mode in ("batch", "record") or (mode == "ema" and self.training)
-        if not use_batch:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
-            )
+        if not self.uses_batch_statistics():
+            return super().batch_norm(x, weight, bias)  # the running statistics, as bn
         self.check_batch_size(x.shape[0])
         n, c = x.shape[:2]
         g = self.ghost_batch_size
         y, mean, var = chunk_batch_norm(x.reshape(n, c, -1), g, weight, bias, self.eps)
         count = x.numel() // c // (n // g)  # elements per ghost batch and channel
-        if mode == "record":
+        if self.stats_mode == "record":
             record_chunk_statistics(self, mean, var, count)
-        elif mode == "ema":
+        elif self.updates_running_statistics():
             # Virtual devices: each rank runs the sequential updates of its own ghost batches;
             # the mean of the ranks' buffers is the sequence of updates with ghost j's
             # statistics averaged over the ranks.
-            ranks = self.virtual_chunks(x) if self.training else 1
+            ranks = self.virtual_chunks(x)
             per_rank = mean.shape[0] // ranks
             self._update_running(
                 mean.view(ranks, per_rank, c).mean(0), var.view(ranks, per_rank, c).mean(0)

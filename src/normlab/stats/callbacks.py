@@ -12,7 +12,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset
 from normlab.norms.batch import BatchNorm2d
 from normlab.norms.batch_group import BatchGroupNorm2d
-from normlab.norms.population import iter_population_layers
+from normlab.norms.population import population_layers
 from normlab.norms.virtual import set_virtual_batch_size, virtual_batch_size_of
 from normlab.stats.precise_bn import BatchAugmentedImages, update_population_stats
 
@@ -95,7 +95,7 @@ def statistics_frozen(model: nn.Module) -> bool:
     """Whether FrozenBN froze the population statistics: the model now trains with them as
     constants, so re-estimating them (with batch-statistics forwards) would change the network
     it learned; they stay as frozen."""
-    return any(layer.stats_mode == "population" for layer in iter_population_layers(model))
+    return any(layer.stats_mode == "population" for layer in population_layers(model))
 
 
 def whole_chunks(
@@ -141,7 +141,7 @@ class FrozenBNCallback(L.Callback):
         model = pl_module.model  # type: ignore[attr-defined]
         if self.frozen_at_epoch is None and self.precise_bn is not None:
             self.precise_bn.recompute(trainer, pl_module)  # freeze precise statistics
-        for layer in iter_population_layers(model):
+        for layer in population_layers(model):
             layer.stats_mode = "population"
             if self.freeze_affine:
                 for param in layer.parameters():  # type: ignore[attr-defined]
@@ -165,7 +165,7 @@ class EvalStatsCallback(L.Callback):
         self._saved_alpha: list[float] = []
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
+        layers = population_layers(pl_module.model)  # type: ignore[attr-defined]
         self._saved = [layer.stats_mode for layer in layers]
         self._saved_alpha = [get_eval_alpha(layer) for layer in layers]
         for layer in layers:
@@ -175,7 +175,7 @@ class EvalStatsCallback(L.Callback):
                 set_eval_alpha(layer, self.alpha)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
+        layers = population_layers(pl_module.model)  # type: ignore[attr-defined]
         for layer, mode, alpha in zip(layers, self._saved, self._saved_alpha, strict=False):
             layer.stats_mode = mode
             if supports_eval_alpha(layer):
