@@ -23,8 +23,10 @@ from normlab.norms.population import PopulationNorm, upcast
 from normlab.norms.registry import register_norm
 
 
-class BatchGroupNorm2d(PopulationNorm):
-    """Summers & Dinneen's Batch/Group Normalization with running E[x], E[x^2] per channel.
+class ExampleChannelGroupNorm2d(PopulationNorm):
+    """Summers & Dinneen's Batch/Group Normalization (norm=batch_group): statistics per group
+    of `examples_per_group` examples x C/`groups` channels, running E[x], E[x^2] per channel.
+    (Unlike ChannelGroupBatchNorm2d, norm=bgn, whose channel groups span the whole batch.)
 
     Virtual devices need nothing more: examples_per_group divides batch_size (checked before
     training), so no example group straddles two devices' chunks, and the running moments'
@@ -171,7 +173,7 @@ def build_batch_group(
     momentum: float | None = 0.01,
     eps: float = 1e-5,
     alpha: float = 0.0,
-) -> BatchGroupNorm2d:
+) -> ExampleChannelGroupNorm2d:
     """Batch/Group Normalization with `groups` channel groups and example groups of E."""
     check_groups("batch_group", num_channels, groups)
     check_int(
@@ -180,7 +182,7 @@ def build_batch_group(
     check_momentum("batch_group", momentum)
     check_eps("batch_group", eps)
     check_fraction("batch_group", "alpha", alpha)
-    return BatchGroupNorm2d(
+    return ExampleChannelGroupNorm2d(
         num_channels,
         groups,
         examples_per_group,

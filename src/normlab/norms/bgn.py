@@ -19,8 +19,11 @@ from normlab.norms.population import PopulationNorm
 from normlab.norms.registry import register_norm
 
 
-class BatchGroupNormZhou2d(PopulationNorm, BatchNormByMode):
-    """BN over (N, G, C/G*H*W) with per-group running statistics and per-channel affine."""
+class ChannelGroupBatchNorm2d(PopulationNorm, BatchNormByMode):
+    """Zhou's Batch Group Normalization (norm=bgn): BN whose statistics are per group of
+    channels over the whole batch, i.e. over (N, G, C/G*H*W), with per-group running
+    statistics and a per-channel affine. (Unlike ExampleChannelGroupNorm2d, norm=batch_group,
+    whose statistics are per group of examples as well.)"""
 
     def __init__(self, num_channels: int, groups: int, momentum: float | None, eps: float) -> None:
         super().__init__(num_channels, groups, momentum, eps)
@@ -44,9 +47,9 @@ class BatchGroupNormZhou2d(PopulationNorm, BatchNormByMode):
 )
 def build_bgn(
     num_channels: int, *, groups: int = 8, momentum: float | None = 0.1, eps: float = 1e-5
-) -> BatchGroupNormZhou2d:
+) -> ChannelGroupBatchNorm2d:
     """BGN with `groups` groups of whole channels (G | C); G = C is BN."""
     check_groups("bgn", num_channels, groups)
     check_momentum("bgn", momentum)
     check_eps("bgn", eps)
-    return BatchGroupNormZhou2d(num_channels, groups, momentum, float(eps))
+    return ChannelGroupBatchNorm2d(num_channels, groups, momentum, float(eps))

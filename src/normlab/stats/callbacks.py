@@ -11,7 +11,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset
 from normlab.norms.batch import BatchNorm2d
-from normlab.norms.batch_group import BatchGroupNorm2d
+from normlab.norms.batch_group import ExampleChannelGroupNorm2d
 from normlab.norms.population import population_layers
 from normlab.norms.virtual import set_virtual_batch_size, virtual_batch_size_of
 from normlab.stats.precise_bn import BatchAugmentedImages, update_population_stats
@@ -186,14 +186,14 @@ def supports_eval_alpha(layer: object) -> bool:
     """Whether `layer` implements example-weighed inference: BN and the layers that keep its
     forward (SyncBN, Ghost BN; at evaluation they are BN) through `eval_alpha`, and
     batch_group through its own `alpha`."""
-    if isinstance(layer, BatchGroupNorm2d):
+    if isinstance(layer, ExampleChannelGroupNorm2d):
         return True
     return isinstance(layer, BatchNorm2d) and type(layer).forward is BatchNorm2d.forward
 
 
 def set_eval_alpha(layer: object, alpha: float) -> None:
     """Set example-weighed inference on `layer`; refuse alpha > 0 where it is not implemented."""
-    if isinstance(layer, BatchGroupNorm2d):
+    if isinstance(layer, ExampleChannelGroupNorm2d):
         layer.alpha = alpha
     elif supports_eval_alpha(layer):
         layer.eval_alpha = alpha  # type: ignore[attr-defined]
@@ -206,6 +206,6 @@ def set_eval_alpha(layer: object, alpha: float) -> None:
 
 def get_eval_alpha(layer: object) -> float:
     """The example weight `layer` evaluates with (0 where not implemented)."""
-    if isinstance(layer, BatchGroupNorm2d):
+    if isinstance(layer, ExampleChannelGroupNorm2d):
         return float(layer.alpha)
     return float(getattr(layer, "eval_alpha", 0.0)) if supports_eval_alpha(layer) else 0.0
