@@ -10,13 +10,18 @@ from normlab.norms.activations import make_activation
 class NormLayer(nn.Module):
     """Marker base for normlab norm layers.
 
-    `batch_dependent` says whether a sample's output in training depends on the other
-    samples of the batch; callbacks (PreciseBN, FrozenBN, sync) find their layers by it.
-    `fuses_activation` says whether the layer applies its activation itself.
+    A layer class declares what it is, once, and the registry, the catalog, the callbacks and
+    the tests read it there: `batch_dependent` says whether a sample's output in training
+    depends on the other samples of the batch (such a layer keeps population statistics,
+    normlab.norms.population.PopulationStats; callbacks find their layers by it);
+    `fuses_activation` whether the layer applies its activation itself (its builder then takes
+    an `activation` keyword); `needs_conv` whether it must be bound to the convolution before it
+    (normlab.models.binding).
     """
 
     batch_dependent: bool = False
     fuses_activation: bool = False
+    needs_conv: bool = False
 
     def check_batch_size(self, batch_size: int) -> None:
         """Refuse, before training starts, a per-device batch this layer cannot normalize."""

@@ -104,9 +104,11 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, BatchNormByMode):
         return y
 
 
-@register_norm("bn", batch_dependent=True, summary="BatchNorm over (N,H,W) per channel")
+@register_norm("bn", summary="BatchNorm (Ioffe & Szegedy 2015): over (N,H,W) per channel")
 def build_bn(num_channels: int, *, momentum: float | None = 0.1, eps: float = 1e-5) -> BatchNorm2d:
-    """BatchNorm with PyTorch's EMA convention r <- (1 - momentum) r + momentum s."""
+    """Batch Normalization (Ioffe & Szegedy, ICML 2015): batch statistics over (N,H,W) per
+    channel in training, running (EMA) statistics at evaluation. PyTorch convention r <- (1-m) r
+    + m s; momentum: null keeps a cumulative average."""
     check_momentum("bn", momentum)
     check_eps("bn", eps)
     return BatchNorm2d(num_channels, eps=eps, momentum=momentum)

@@ -42,13 +42,16 @@ class ChannelGroupBatchNorm2d(PopulationNorm, BatchNormByMode):
 
 @register_norm(
     "bgn",
-    batch_dependent=True,
-    summary="Batch Group Norm (Zhou): BN over G groups of the merged C*H*W axis",
+    summary="Batch Group Norm (Zhou et al. 2020): BN over channel groups; G must divide C",
+    test_params={"groups": 2},
 )
 def build_bgn(
     num_channels: int, *, groups: int = 8, momentum: float | None = 0.1, eps: float = 1e-5
 ) -> ChannelGroupBatchNorm2d:
-    """BGN with `groups` groups of whole channels (G | C); G = C is BN."""
+    """Batch Group Normalization (Zhou et al., arXiv 2012.02782): BN over G groups of the merged
+    C*H*W axis, per-group running statistics (momentum 0.1), per-channel affine. Only G | C is
+    supported; G = C is exactly BN. Default G=8 (divides the 16/32/64 channels of CIFAR
+    ResNet-20)."""
     check_groups("bgn", num_channels, groups)
     check_momentum("bgn", momentum)
     check_eps("bgn", eps)

@@ -213,7 +213,11 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
         self._conv_input = None
 
 
-@register_norm("cbn", batch_dependent=True, summary="Cross-Iteration BN (Yao et al. 2021)")
+@register_norm(
+    "cbn",
+    summary="Cross-Iteration BN (Yao et al. 2021); compensation through the preceding conv",
+    test_params={"burnin_steps": 0},
+)
 def build_cbn(
     num_channels: int,
     *,
@@ -224,7 +228,12 @@ def build_cbn(
     rho: float = 1.0,
     no_conv: str = "naive",
 ) -> CrossIterationBatchNorm2d:
-    """CBN over a window of `window` iterations (the current one included)."""
+    """Cross-Iteration BN (Yao et al., CVPR 2021): batch statistics averaged over the last
+    `window` optimizer steps (current one included), compensated to the current conv weights by
+    a Taylor expansion (rho scales it; 0 = naive averaging). Plain BN for the first burnin_steps
+    steps. Per-iteration variances kept non-negative by the paper's max (not the official code's
+    drop). The official COCO setting is window 4 with an 8-epoch burn-in. no_conv: a layer with
+    no conv right before it (pre-activation) averages naively (warned) or fails (error)."""
     check_int("cbn", "window", window, 1, " (iterations, the current one included)")
     check_int("cbn", "burnin_steps", burnin_steps, 0)
     check_fraction("cbn", "rho", rho, " (0: no compensation)")

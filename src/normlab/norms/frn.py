@@ -73,12 +73,7 @@ class FilterResponseNorm(NormLayer):
         return self.act(y) if self.act is not None else y
 
 
-@register_norm(
-    "frn",
-    batch_dependent=False,
-    fuses_activation=True,
-    summary="Filter Response Normalization + TLU (Singh & Krishnan 2020)",
-)
+@register_norm("frn", summary="Filter Response Norm + TLU (Singh & Krishnan 2020)")
 def build_frn(
     num_channels: int,
     *,
@@ -86,6 +81,8 @@ def build_frn(
     eps: float = 1e-6,
     learnable_eps: bool = False,
 ) -> FilterResponseNorm:
-    """FRN with TLU in place of norm + ReLU."""
+    """Filter Response Normalization + TLU (Singh & Krishnan, CVPR 2020): x/sqrt(mean_hw x^2 +
+    eps), per-channel affine, then max(y, tau). eps 1e-6; learnable_eps adds |eps_l| (one per
+    layer)."""
     check_eps("frn", eps)
     return FilterResponseNorm(num_channels, activation, float(eps), bool(learnable_eps))

@@ -90,7 +90,9 @@ class GhostBatchNorm2d(BatchNorm2d):
 
 
 @register_norm(
-    "ghost_bn", batch_dependent=True, summary="Ghost BN: BN per ghost batch of ghost_batch_size"
+    "ghost_bn",
+    summary="Ghost BN (Hoffer et al. 2017): BN per ghost batch, running stats updated per ghost",
+    test_params={"ghost_batch_size": 2},
 )
 def build_ghost_bn(
     num_channels: int,
@@ -99,7 +101,11 @@ def build_ghost_bn(
     momentum: float | None = 0.1,
     eps: float = 1e-5,
 ) -> GhostBatchNorm2d:
-    """Ghost BN; the running statistics are updated once per ghost batch (bigBatch)."""
+    """Ghost Batch Normalization (Hoffer, Hubara & Soudry, NeurIPS 2017): BN statistics per
+    ghost batch of ghost_batch_size samples (must divide the per-device batch). Running
+    statistics are updated once per ghost batch in order, as in the official bigBatch code,
+    computed in closed form r <- (1-m)^k r + sum_j m (1-m)^(k-1-j) s_j. Defaults: ghost 16,
+    torch momentum 0.1, eps 1e-5."""
     check_int(
         "ghost_bn", "ghost_batch_size", ghost_batch_size, 2, " that divides the per-device batch"
     )

@@ -42,12 +42,14 @@ class InstanceEnhancementBatchNorm2d(BatchNorm2d):
 
 
 @register_norm(
-    "iebn", batch_dependent=True, summary="Instance Enhancement BN: BN with a per-instance GAP gate"
+    "iebn", summary="Instance Enhancement BN (Liang et al. 2020): BN with a per-instance GAP gate"
 )
 def build_iebn(
     num_channels: int, *, momentum: float | None = 0.1, eps: float = 1e-5
 ) -> InstanceEnhancementBatchNorm2d:
-    """IEBN with the official initialization (gate sigmoid(0 * GAP - 1))."""
+    """Instance Enhancement BN (Liang et al., AAAI 2020): affine-free BN times gamma *
+    sigmoid(gate on the input's global average pool) plus beta; gate init weight 0, bias -1.
+    momentum 0.1, eps 1e-5."""
     check_momentum("iebn", momentum)
     check_eps("iebn", eps)
     return InstanceEnhancementBatchNorm2d(num_channels, momentum, float(eps))

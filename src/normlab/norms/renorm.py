@@ -202,7 +202,9 @@ class BatchRenorm2d(PopulationNorm):
 
 
 @register_norm(
-    "brn", batch_dependent=True, summary="Batch Renormalization: BN corrected toward moving stats"
+    "brn",
+    summary="Batch Renormalization (Ioffe 2017): BN corrected toward the moving statistics",
+    test_params={"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "r_max": 1.5, "d_max": 0.5},
 )
 def build_brn(
     num_channels: int,
@@ -215,7 +217,10 @@ def build_brn(
     momentum: float | None = 0.01,
     eps: float = 1e-5,
 ) -> BatchRenorm2d:
-    """Batch Renorm with the paper's schedule (r_max 3 at 40k steps, d_max 5 at 25k)."""
+    """Batch Renormalization (Ioffe, NeurIPS 2017): BN corrected by stop-gradient r, d toward
+    the moving mean and moving sigma (momentum 0.01). r_max=1, d_max=0 until warmup_steps=5000,
+    then linear ramps reaching r_max=3 at r_max_steps=40000 and d_max=5 at d_max_steps=25000
+    (counted in training forward passes, buffer num_steps). Eval uses the moving averages."""
     if not float(r_max) >= 1.0:
         raise ValueError(f"brn: r_max must be >= 1, got {r_max}")
     if not float(d_max) >= 0.0:

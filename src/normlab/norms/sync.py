@@ -109,13 +109,13 @@ class SyncBatchNorm2d(BatchNorm2d):
         return y
 
 
-@register_norm(
-    "syncbn", batch_dependent=True, summary="SyncBN: BN over the global batch of all ranks"
-)
+@register_norm("syncbn", summary="BN over all ranks (gloo or NCCL); = `bn` in one process")
 def build_syncbn(
     num_channels: int, *, momentum: float | None = 0.1, eps: float = 1e-5
 ) -> SyncBatchNorm2d:
-    """Synchronized BN; identical to bn without an initialized process group."""
+    """Synchronized BN (as torch.nn.SyncBatchNorm; Wu & Johnson 2021 Sec. 2.6): batch statistics
+    over all ranks of the default process group (gloo or NCCL); identical to bn on a single
+    process. Running variance uses the global unbiased estimate. momentum 0.1, eps 1e-5."""
     check_momentum("syncbn", momentum)
     check_eps("syncbn", eps)
     return SyncBatchNorm2d(num_channels, eps=eps, momentum=momentum)
