@@ -15,6 +15,8 @@ from normlab.models.binding import bind_norms_to_convs
 from normlab.norms import available_norms, build_norm, get_norm_spec, register_norm
 from normlab.norms.base import NormLayer
 from normlab.norms.population import PopulationStats
+from normlab.norms.registry import eval_alpha_norms
+from normlab.stats.callbacks import set_eval_alpha
 
 C = 4  # channels of every test layer: the registrations' test_params make methods work here
 NAMES = available_norms()
@@ -109,6 +111,25 @@ def test_population_statistics_are_declared_buffers(name: str) -> None:
         not torch.equal(a, b) for a, b in zip(before, layer.population_tensors(), strict=True)
     )
     assert int(buffers[layer.population_counter]) >= 1
+
+
+@pytest.mark.parametrize("name", BATCH_DEPENDENT)
+def test_example_weighed_inference_is_a_declared_capability(name: str) -> None:
+    """eval_alpha works where the layer class declares supports_eval_alpha and is refused,
+    naming the methods that have it, where it does not."""
+    model = conv_norm(name, None).train()
+    model(data(8))
+    model.eval()
+    layer, x = model[1], data(seed=3)
+    plain = model(x)
+    if not get_norm_spec(name).supports_eval_alpha:
+        with pytest.raises(ValueError, match="norm=" + ", ".join(eval_alpha_norms()[:-1])):
+            set_eval_alpha(layer, 0.5)
+        return
+    set_eval_alpha(layer, 0.5)
+    assert layer.eval_alpha == 0.5 and not torch.allclose(model(x), plain)
+    set_eval_alpha(layer, 0.0)
+    torch.testing.assert_close(model(x), plain)
 
 
 def test_registration_refuses_a_builder_without_its_layer_class() -> None:

@@ -127,7 +127,7 @@ def test_example_weighed_inference_interpolates_population_and_instance_stats() 
 
 
 def test_eval_alpha_is_refused_where_not_implemented() -> None:
-    with pytest.raises(ValueError, match="available for norm=bn, syncbn, ghost_bn and batch_group"):
+    with pytest.raises(ValueError, match="available for norm=batch_group, bn, ghost_bn and syncbn"):
         set_eval_alpha(build_norm("iebn", 4), 0.5)
 
 

@@ -80,7 +80,7 @@ class BatchNorm2d(nn.BatchNorm2d, NormLayer, BatchNormByMode):
     """
 
     batch_dependent = True
-    eval_alpha: float = 0.0  # example-weighed inference (Summers & Dinneen 2020), 0 = plain BN
+    supports_eval_alpha = True  # example_weighed below; kept by the layers that keep forward
 
     def forward(self, x: Tensor) -> Tensor:
         if self.eval_alpha > 0.0 and not self.training and not self.uses_batch_statistics():

@@ -34,6 +34,7 @@ class ExampleChannelGroupNorm2d(PopulationNorm):
     """
 
     population_buffers = ("running_m1", "running_m2")  # E[x] and E[x^2] per channel
+    supports_eval_alpha = True  # the method's own `alpha` parameter
 
     def __init__(
         self,
@@ -56,6 +57,15 @@ class ExampleChannelGroupNorm2d(PopulationNorm):
             f"{self.examples_per_group}, momentum={self.momentum}, eps={self.eps}, "
             f"alpha={self.alpha}"
         )
+
+    @property
+    def eval_alpha(self) -> float:
+        """Example weighing at evaluation is this method's `alpha` parameter."""
+        return self.alpha
+
+    @eval_alpha.setter
+    def eval_alpha(self, alpha: float) -> None:
+        self.alpha = float(alpha)
 
     def check_batch_size(self, batch_size: int) -> None:
         super().check_batch_size(batch_size)

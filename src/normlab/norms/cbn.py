@@ -37,6 +37,7 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
     """CBN; must be bound to the convolution that produces its input (`bind_conv`)."""
 
     needs_conv = True
+    supports_eval_alpha = False  # not offered for cbn (its forward is its own)
     virtual_devices_refusal = (
         "cbn (Cross-Iteration BN): each rank compensates its own window of past statistics "
         "through the conv weights, so emulating k ranks would need k windows and k "

@@ -22,6 +22,8 @@ from normlab.norms.registry import register_norm
 class InstanceEnhancementBatchNorm2d(BatchNorm2d):
     """IEBN: affine-free BN (with the stats modes of bn) scaled by a per-instance GAP gate."""
 
+    supports_eval_alpha = False  # its forward normalizes without bn's example weighing
+
     def __init__(self, num_channels: int, momentum: float | None, eps: float) -> None:
         # BN's own affine parameters serve as gamma (weight) and beta (bias); the normalization
         # itself runs without them, and the gate multiplies gamma.

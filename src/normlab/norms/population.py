@@ -21,7 +21,8 @@ E[x^2] - mean^2 into the layer's running buffers.
 
 Every layer with running statistics declares them here, once: which buffers they are
 (`population_buffers`, what DDP reconciliation averages across ranks) and which counter counts
-its batches (`population_counter`). The mode predicate (`uses_batch_statistics`) and the EMA
+its batches (`population_counter`), and whether its evaluation implements example weighing
+(`supports_eval_alpha`, Summers & Dinneen 2020). The mode predicate (`uses_batch_statistics`) and the EMA
 update with torch's momentum convention (`_update_population`) live here too, so no layer
 re-derives them.
 """
@@ -53,7 +54,9 @@ class PopulationStats:
     Declarations (class attributes): `population_buffers`, the running statistics in the order
     `_update_population` and `_load_population` take them (floating buffers; DDP reconciliation
     averages exactly these); `population_counter`, the integer buffer counting the batches (the
-    divisor of the cumulative average that `momentum=None` asks for).
+    divisor of the cumulative average that `momentum=None` asks for); `supports_eval_alpha`,
+    whether evaluation mixes each example's own moments into the population ones with weight
+    `eval_alpha` (example-weighed inference, Summers & Dinneen 2020, Sec. 3.2).
 
     Subclasses call `_record(n, mean, ex2)` from their forward in "record" mode; the default
     `_load_population(mean, ex2)` writes mean and biased variance into the two buffers.
@@ -61,10 +64,30 @@ class PopulationStats:
 
     population_buffers: ClassVar[tuple[str, ...]] = ("running_mean", "running_var")
     population_counter: ClassVar[str] = "num_batches_tracked"
+    supports_eval_alpha: ClassVar[bool] = False
     momentum: float | None
     training: bool
     _stats_mode: str = "ema"
     _recorded: Tensor | None = None
+    _eval_alpha: float = 0.0
+
+    @property
+    def eval_alpha(self) -> float:
+        """The example weight evaluation uses (0: the population statistics alone)."""
+        return self._eval_alpha
+
+    @eval_alpha.setter
+    def eval_alpha(self, alpha: float) -> None:
+        if alpha > 0 and not self.supports_eval_alpha:
+            from normlab.norms.registry import eval_alpha_norms
+
+            names = eval_alpha_norms()
+            listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+            raise ValueError(
+                f"{type(self).__name__} does not implement example-weighed inference "
+                f"(eval_alpha); it is available for norm={listed}"
+            )
+        self._eval_alpha = float(alpha)
 
     @property
     def stats_mode(self) -> str:
