@@ -255,7 +255,7 @@ def test_batch_group_running_moments_and_alpha() -> None:
     layer(x)
     torch.testing.assert_close(layer.running_m1, 0.99 * 0 + 0.01 * x.mean((0, 2, 3)))
     torch.testing.assert_close(layer.running_m2, 0.99 * 1 + 0.01 * (x**2).mean((0, 2, 3)))
-    layer.alpha = 0.5
+    layer.eval_alpha = 0.5
     layer.eval()
     k = 2
     m1 = layer.running_m1.view(-1, k).mean(1)

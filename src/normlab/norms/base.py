@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from normlab.norms.activations import make_activation
@@ -22,6 +23,15 @@ class NormLayer(nn.Module):
     batch_dependent: bool = False
     fuses_activation: bool = False
     needs_conv: bool = False
+
+    def _init_affine(self, num_channels: int, bias: bool = True) -> None:
+        """The per-channel affine of a normalization layer: weight (gamma) 1 and bias (beta) 0,
+        or no bias (None); zero_init_ zeroes the weight."""
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(num_channels))
+        else:
+            self.register_parameter("bias", None)
 
     def check_batch_size(self, batch_size: int) -> None:
         """Refuse, before training starts, a per-device batch this layer cannot normalize."""

@@ -18,7 +18,14 @@ import torch
 from torch import Tensor
 
 from normlab.norms._fast import var_mean
-from normlab.norms.checks import check_eps, check_fraction, check_groups, check_int, check_momentum
+from normlab.norms.checks import (
+    check_divides_batch,
+    check_eps,
+    check_fraction,
+    check_groups,
+    check_int,
+    check_momentum,
+)
 from normlab.norms.population import PopulationNorm, upcast
 from normlab.norms.registry import register_norm
 
@@ -34,7 +41,7 @@ class ExampleChannelGroupNorm2d(PopulationNorm):
     """
 
     population_buffers = ("running_m1", "running_m2")  # E[x] and E[x^2] per channel
-    supports_eval_alpha = True  # the method's own `alpha` parameter
+    supports_eval_alpha = True  # the method's own `alpha` parameter is its eval_alpha
 
     def __init__(
         self,
@@ -48,32 +55,25 @@ class ExampleChannelGroupNorm2d(PopulationNorm):
         super().__init__(num_channels, num_channels, momentum, eps)
         self.groups = groups
         self.examples_per_group = examples_per_group
-        self.alpha = alpha
+        self.eval_alpha = alpha
         self.batch_dependent = examples_per_group > 1  # E = 1 is GN with running statistics
 
     def extra_repr(self) -> str:
         return (
             f"{self.num_channels}, groups={self.groups}, examples_per_group="
             f"{self.examples_per_group}, momentum={self.momentum}, eps={self.eps}, "
-            f"alpha={self.alpha}"
+            f"alpha={self.eval_alpha}"
         )
-
-    @property
-    def eval_alpha(self) -> float:
-        """Example weighing at evaluation is this method's `alpha` parameter."""
-        return self.alpha
-
-    @eval_alpha.setter
-    def eval_alpha(self, alpha: float) -> None:
-        self.alpha = float(alpha)
 
     def check_batch_size(self, batch_size: int) -> None:
         super().check_batch_size(batch_size)
-        if batch_size % self.examples_per_group:
-            raise ValueError(
-                f"batch_group: examples_per_group={self.examples_per_group} does not divide the "
-                f"per-device batch {batch_size}; choose a divisor of the batch"
-            )
+        check_divides_batch(
+            "batch_group",
+            "examples_per_group",
+            self.examples_per_group,
+            batch_size,
+            "choose a divisor of the batch",
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Every statistic from per-(sample, channel) moments: one two-pass var_mean over (H, W)
@@ -106,10 +106,11 @@ class ExampleChannelGroupNorm2d(PopulationNorm):
         else:
             m1, m2 = self._group_average(self.running_m1[None], self.running_m2[None])
             mu, s = m1.expand(n, g), m2.expand(n, g)
-            if self.alpha > 0.0:
+            alpha = self.eval_alpha
+            if alpha > 0.0:
                 own_mu, own_s = self._group_moments(a, var_nc + a * a)
-                mu = self.alpha * own_mu + (1.0 - self.alpha) * mu
-                s = self.alpha * own_s + (1.0 - self.alpha) * s
+                mu = alpha * own_mu + (1.0 - alpha) * mu
+                s = alpha * own_s + (1.0 - alpha) * s
             var = (s - mu * mu).clamp_min(0.0)
             inv = torch.rsqrt(var + self.eps)  # (n, g)
             scale = (inv.view(n, g, 1) * self.weight.view(1, g, k)).reshape(n, c)
@@ -140,10 +141,11 @@ class ExampleChannelGroupNorm2d(PopulationNorm):
         else:
             m1, m2 = self._group_average(self.running_m1[None], self.running_m2[None])
             mu, s = m1.expand(n, g), m2.expand(n, g)
-            if self.alpha > 0.0:
+            alpha = self.eval_alpha
+            if alpha > 0.0:
                 own_mu, own_s = self._group_moments(a, b)
-                mu = self.alpha * own_mu + (1.0 - self.alpha) * mu
-                s = self.alpha * own_s + (1.0 - self.alpha) * s
+                mu = alpha * own_mu + (1.0 - alpha) * mu
+                s = alpha * own_s + (1.0 - alpha) * s
         var = (s - mu * mu).clamp_min(0.0)
         # (N, G) statistics broadcast to each channel of the group.
         mu_c = mu.repeat_interleave(c // g, dim=1)[:, :, None, None]

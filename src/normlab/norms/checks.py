@@ -68,6 +68,14 @@ def check_fraction(name: str, key: str, value: float, meaning: str = "") -> None
         raise ValueError(f"{name}: {key} must be in [0, 1]{meaning}, got {value}")
 
 
+def check_divides_batch(name: str, key: str, value: int, batch_size: int, advice: str) -> None:
+    """Refuse a per-device batch that `key` (samples normalized together) does not divide."""
+    if batch_size % value:
+        raise ValueError(
+            f"{name}: {key}={value} does not divide the per-device batch {batch_size}; {advice}"
+        )
+
+
 def check_int(name: str, key: str, value: object, minimum: int, meaning: str = "") -> None:
     """Refuse a `key` that is not an int >= `minimum` (`meaning` says what it counts)."""
     if not isinstance(value, int) or value < minimum:

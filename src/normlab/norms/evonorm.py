@@ -40,8 +40,7 @@ class EvoNormS0(NormLayer):
         self.groups = groups
         self.eps = eps
         self.gated = gated
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self._init_affine(num_channels)
         self.v = nn.Parameter(torch.ones(num_channels)) if gated else None
 
     def extra_repr(self) -> str:

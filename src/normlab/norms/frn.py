@@ -32,8 +32,7 @@ class FilterResponseNorm(NormLayer):
         super().__init__()
         self.eps = eps
         self.activation = activation
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self._init_affine(num_channels)
         self.tau = nn.Parameter(torch.zeros(num_channels)) if activation == "relu" else None
         self.act = make_activation(activation) if activation not in (None, "relu") else None
         self.eps_l = nn.Parameter(torch.full((1,), 1e-4)) if learnable_eps else None

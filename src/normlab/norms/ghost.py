@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from normlab.norms.batch import BatchNorm2d
-from normlab.norms.checks import check_eps, check_int, check_momentum
+from normlab.norms.checks import check_divides_batch, check_eps, check_int, check_momentum
 from normlab.norms.population import record_chunk_statistics
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import chunk_batch_norm
@@ -38,11 +38,13 @@ class GhostBatchNorm2d(BatchNorm2d):
 
     def check_batch_size(self, batch_size: int) -> None:
         super().check_batch_size(batch_size)
-        if batch_size % self.ghost_batch_size:
-            raise ValueError(
-                f"ghost_bn: ghost_batch_size={self.ghost_batch_size} does not divide the "
-                f"per-device batch {batch_size}; choose a ghost size that divides it"
-            )
+        check_divides_batch(
+            "ghost_bn",
+            "ghost_batch_size",
+            self.ghost_batch_size,
+            batch_size,
+            "choose a ghost size that divides it",
+        )
 
     def batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         if not self.uses_batch_statistics():

@@ -204,8 +204,7 @@ class PopulationNorm(NormLayer, PopulationStats, VirtualDevices):
         self.num_channels = num_channels
         self.momentum = momentum
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self._init_affine(num_channels)
         first, second = self.population_buffers
         self.register_buffer(first, torch.zeros(statistics))
         self.register_buffer(second, torch.ones(statistics))

@@ -50,14 +50,12 @@ class ProxyNormAct(NormLayer):
         self.eps = eps
         self.proxy_eps = proxy_eps
         self.activation = activation
-        self.weight = nn.Parameter(torch.ones(num_channels))
+        self._init_affine(num_channels, bias=activation is not None)  # no shift without act
         if activation is None:
-            self.register_parameter("bias", None)
             self.register_parameter("proxy_weight", None)
             self.register_parameter("proxy_bias", None)
             self.act = None
         else:
-            self.bias = nn.Parameter(torch.zeros(num_channels))
             self.proxy_weight = nn.Parameter(torch.zeros(num_channels))
             self.proxy_bias = nn.Parameter(torch.zeros(num_channels))
             self.act = make_activation(activation)
