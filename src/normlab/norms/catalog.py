@@ -130,31 +130,33 @@ def stale(root: Path) -> list[str]:
     return problems
 
 
-def write(root: Path) -> list[Path]:
-    """Rewrite every stale generated file (delete stale generated conf files); return them."""
-    changed = []
+def write(root: Path) -> list[str]:
+    """Rewrite every stale generated file, delete stale generated conf files; say what was done."""
+    done = []
     for path, text in expected_files(root).items():
+        where = path.relative_to(root)
         if text is None:
             if GENERATED in path.read_text():
                 path.unlink()
-                changed.append(path)
+                done.append(f"deleted {where}")
         elif not path.exists() or path.read_text() != text:
             path.write_text(text)
-            changed.append(path)
-    return changed
+            done.append(f"wrote {where}")
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="Check (or --write) conf/norm/*.yaml and the README method table against "
+        "the norm registry."
+    )
     parser.add_argument("--write", action="store_true", help="rewrite the stale files")
     parser.add_argument("--root", type=Path, default=default_root(), help="repository root")
     args = parser.parse_args(argv)
     if args.write:
-        for path in write(args.root):
-            print(f"wrote {path.relative_to(args.root)}")
-        problems = stale(args.root)
-    else:
-        problems = stale(args.root)
+        for line in write(args.root):
+            print(line)
+    problems = stale(args.root)
     for line in problems:
         print(line, file=sys.stderr)
     return 1 if problems else 0
