@@ -115,33 +115,40 @@ def expected_files(root: Path) -> dict[Path, str | None]:
     return files
 
 
+def changes(root: Path) -> list[tuple[Path, str | None]]:
+    """The generated files under `root` that differ from what the registry generates, each with
+    its new content (None: a conf file that names no registered method)."""
+    return [
+        (path, text)
+        for path, text in expected_files(root).items()
+        if text is None or not path.exists() or path.read_text() != text
+    ]
+
+
 def stale(root: Path) -> list[str]:
     """One line per file that differs from what the registry generates, naming the fix."""
-    problems = []
-    for path, text in expected_files(root).items():
-        where = path.relative_to(root)
-        if text is None:
-            problems.append(
-                f"{where}: no registered method is called '{path.stem}'; delete the file or "
-                "register the method (register_norm in a module of normlab/norms)"
-            )
-        elif not path.exists() or path.read_text() != text:
-            problems.append(f"{where} is out of date with the norm registry; run `{COMMAND}`")
-    return problems
+    return [_problem(path.relative_to(root), text) for path, text in changes(root)]
+
+
+def _problem(where: Path, text: str | None) -> str:
+    if text is None:
+        return (
+            f"{where}: no registered method is called '{where.stem}'; delete the file or "
+            "register the method (register_norm in a module of normlab/norms)"
+        )
+    return f"{where} is out of date with the norm registry; run `{COMMAND}`"
 
 
 def write(root: Path) -> list[str]:
     """Rewrite every stale generated file, delete stale generated conf files; say what was done."""
     done = []
-    for path, text in expected_files(root).items():
-        where = path.relative_to(root)
-        if text is None:
-            if GENERATED in path.read_text():
-                path.unlink()
-                done.append(f"deleted {where}")
-        elif not path.exists() or path.read_text() != text:
+    for path, text in changes(root):
+        if text is not None:
             path.write_text(text)
-            done.append(f"wrote {where}")
+            done.append(f"wrote {path.relative_to(root)}")
+        elif GENERATED in path.read_text():
+            path.unlink()
+            done.append(f"deleted {path.relative_to(root)}")
     return done
 
 
