@@ -260,19 +260,20 @@ class MetricHistory(L.Callback):
 
 
 def batch_dependent_buffers(model: nn.Module) -> list[Tensor]:
-    """The floating running_* buffers of batch-dependent normlab norm layers, each once.
+    """The running statistics of batch-dependent normlab norm layers, each once.
 
-    Found by `normlab.norms.is_norm_layer(m) and m.batch_dependent`, so every family (BN, ghost
-    BN, batch renorm, ...) is covered without type checks; a NormAct and its inner layer share
-    their buffers, hence the de-duplication.
+    Each layer declares them (`population_buffers` of normlab.norms.population.PopulationStats,
+    whatever their names), so every family (BN, ghost BN, batch renorm, ...) is covered without
+    type checks or name guessing; a NormAct is skipped (its inner layer is visited itself).
     """
+    from normlab.norms.population import PopulationStats
+
     found: dict[int, Tensor] = {}
     for module in model.modules():
-        if not (is_norm_layer(module) and getattr(module, "batch_dependent", False)):
-            continue
-        for name, buffer in module.named_buffers():
-            if name.rsplit(".", 1)[-1].startswith("running_") and buffer.is_floating_point():
-                found.setdefault(id(buffer), buffer)
+        if is_norm_layer(module) and module.batch_dependent and isinstance(module, PopulationStats):
+            for buffer in module.population_tensors():
+                if buffer.is_floating_point():
+                    found.setdefault(id(buffer), buffer)
     return list(found.values())
 
 

@@ -14,27 +14,28 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from normlab.models import build_model
-from normlab.norms.population import batch_dependent_layers, set_stats_mode
-from normlab.norms.registry import build_norm, norm_factory
+from normlab.norms.population import population_layers, set_stats_mode
+from normlab.norms.registry import build_norm, get_norm_spec, norm_factory, norm_specs
 from tests.helpers import free_port
 
 C = 4
-# Small configurations: (params, batch) valid for C=4 channels.
-SMALL: dict[str, tuple[dict, int]] = {
-    "bn": ({}, 8),
-    "ghost_bn": ({"ghost_batch_size": 2}, 8),
-    "batch_group": ({"groups": 2, "examples_per_group": 2}, 8),
-    "bgn": ({"groups": 2}, 8),
-    "brn": ({"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "r_max": 1.5, "d_max": 0.5}, 8),
-    "iebn": ({}, 8),
-    "syncbn": ({}, 8),
-}
-NAMES = list(SMALL)
-NEW = [n for n in NAMES if n != "bn"]
+# The methods whose formulas this file writes out (reference_train, reference_eval and
+# population_of below); each is built with the small parameters its registration declares
+# (test_params: valid at C=4 channels and batches of 8), as every method below is.
+NAMES = ["bn", "ghost_bn", "batch_group", "bgn", "brn", "iebn", "syncbn"]
+# Every registered batch-dependent method that works as a standalone layer (cbn needs the conv
+# before it: tests/norms/test_cbn.py): the population-statistics contract tests run on each.
+STANDALONE = [s.name for s in norm_specs() if s.batch_dependent and not s.layer.needs_conv]
+NEW = [n for n in STANDALONE if n != "bn"]
+
+
+def small(name: str) -> dict:
+    """The parameters `name`'s registration declares for small test layers."""
+    return get_norm_spec(name).test_params
 
 
 def make(name: str, dtype: torch.dtype = torch.float64, **extra: object) -> nn.Module:
-    params = {**SMALL[name][0], **extra}
+    params = {**small(name), **extra}
     layer = build_norm(name, C, **params).to(dtype)
     randomize(layer)
     return layer
@@ -151,7 +152,7 @@ def test_eval_formula_and_independence(name: str) -> None:
     torch.testing.assert_close(layer(x2)[0], y[0])
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STANDALONE)
 def test_gradcheck(name: str) -> None:
     """Train-mode gradients; buffer-updating paths run in "batch" mode (same normalization).
 
@@ -179,7 +180,7 @@ def test_gradcheck(name: str) -> None:
     assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STANDALONE)
 def test_batch_dependence(name: str) -> None:
     layer = make(name)
     x = data(8)
@@ -189,7 +190,7 @@ def test_batch_dependence(name: str) -> None:
     assert not torch.allclose(layer(x2)[0], y[0])
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STANDALONE)
 def test_running_stats_update_only_in_ema_training(name: str) -> None:
     layer = make(name)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
@@ -207,11 +208,11 @@ def test_running_stats_update_only_in_ema_training(name: str) -> None:
     assert changed, "training in ema mode must update running statistics"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STANDALONE)
 def test_state_dict_round_trip(name: str) -> None:
     layer = make(name)
     warm_up(layer)
-    fresh = build_norm(name, C, **SMALL[name][0]).double()
+    fresh = build_norm(name, C, **small(name)).double()
     fresh.load_state_dict(layer.state_dict())
     x = data(8, seed=9)
     for train in (False, True):
@@ -254,7 +255,7 @@ def test_batch_group_running_moments_and_alpha() -> None:
     layer(x)
     torch.testing.assert_close(layer.running_m1, 0.99 * 0 + 0.01 * x.mean((0, 2, 3)))
     torch.testing.assert_close(layer.running_m2, 0.99 * 1 + 0.01 * (x**2).mean((0, 2, 3)))
-    layer.alpha = 0.5
+    layer.eval_alpha = 0.5
     layer.eval()
     k = 2
     m1 = layer.running_m1.view(-1, k).mean(1)
@@ -381,9 +382,9 @@ def test_check_batch_size() -> None:
     build_norm("ghost_bn", C, ghost_batch_size=8).check_batch_size(16)
     with pytest.raises(ValueError, match="does not divide the per-device batch 5"):
         build_norm("batch_group", C, groups=2, examples_per_group=2).check_batch_size(5)
-    for name in NAMES:
+    for name in STANDALONE:
         with pytest.raises(ValueError, match="per-device batch of 1"):
-            build_norm(name, C, **SMALL[name][0]).check_batch_size(1)
+            build_norm(name, C, **small(name)).check_batch_size(1)
     with pytest.raises(ValueError, match="ghost_batch_size=2 does not divide"):
         make("ghost_bn")(data(5))
     # examples_per_group=1 is GN with running statistics: batch-independent.
@@ -414,7 +415,7 @@ def layer_population(name: str, layer: nn.Module) -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("batch", [2, 32])
 def test_recording_reproduces_population(name: str, batch: int) -> None:
-    layer = build_norm(name, C, **SMALL[name][0])  # float32, as in use
+    layer = build_norm(name, C, **small(name))  # float32, as in use
     x = data(128, seed=4, dtype=torch.float32) * 2 + 0.5
     layer.eval()  # record works in eval mode too
     layer.start_recording()
@@ -450,7 +451,7 @@ def test_total_variance_estimator_vs_mean_of_batch_variances() -> None:
     torch.testing.assert_close(precise.running_var.double(), x.double().var(unbiased=False).view(1))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STANDALONE)
 def test_population_mode_in_training_uses_running_stats(name: str) -> None:
     layer = make(name)
     warm_up(layer)
@@ -468,7 +469,7 @@ def test_population_mode_in_training_uses_running_stats(name: str) -> None:
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STANDALONE)
 def test_batch_mode_in_eval_equals_train_normalization(name: str) -> None:
     layer = make(name, **({"r_max": 1.0, "d_max": 0.0} if name == "brn" else {}))
     x = data(8)
@@ -480,7 +481,7 @@ def test_batch_mode_in_eval_equals_train_normalization(name: str) -> None:
 
 def test_helpers_find_and_set_layers() -> None:
     model = build_model({"name": "resnet20"}, norm_factory("bgn"), 10)
-    layers = batch_dependent_layers(model)
+    layers = population_layers(model)
     assert len(layers) == 19
     assert set_stats_mode(model, "population") == 19
     assert all(layer.stats_mode == "population" for layer in layers)

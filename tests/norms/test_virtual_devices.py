@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from normlab.norms import build_norm, set_virtual_batch_size
-from normlab.norms.population import iter_population_layers, set_stats_mode
+from normlab.norms.population import population_layers, set_stats_mode
 from normlab.norms.virtual import reconcile_virtual_ranks
 
 CHUNK = 4
@@ -152,8 +152,8 @@ def test_precise_bn_recording_per_chunk(key: str) -> None:
             model(x)
             for module, part in zip(ranks, x.split(CHUNK), strict=True):
                 module(part)
-    virtual_layers = list(iter_population_layers(model))
-    rank_layers = [list(iter_population_layers(m)) for m in ranks]
+    virtual_layers = population_layers(model)
+    rank_layers = [population_layers(m) for m in ranks]
     for index, layer in enumerate(virtual_layers):
         summed = sum(layers[index].recorded_moments() for layers in rank_layers)
         torch.testing.assert_close(layer.recorded_moments(), summed, rtol=1e-10, atol=1e-10)

@@ -14,6 +14,7 @@ from normlab.norms.registry import (
     build_norm,
     get_norm_spec,
     norm_factory,
+    norm_specs,
     register_norm,
     validate_norm_params,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "get_norm_spec",
     "is_norm_layer",
     "norm_factory",
+    "norm_specs",
     "register_norm",
     "set_virtual_batch_size",
     "validate_norm_params",

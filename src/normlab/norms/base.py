@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from normlab.norms.activations import make_activation
@@ -10,13 +11,27 @@ from normlab.norms.activations import make_activation
 class NormLayer(nn.Module):
     """Marker base for normlab norm layers.
 
-    `batch_dependent` says whether a sample's output in training depends on the other
-    samples of the batch; callbacks (PreciseBN, FrozenBN, sync) find their layers by it.
-    `fuses_activation` says whether the layer applies its activation itself.
+    A layer class declares what it is, once, and the registry, the catalog, the callbacks and
+    the tests read it there: `batch_dependent` says whether a sample's output in training
+    depends on the other samples of the batch (such a layer keeps population statistics,
+    normlab.norms.population.PopulationStats; callbacks find their layers by it);
+    `fuses_activation` whether the layer applies its activation itself (its builder then takes
+    an `activation` keyword); `needs_conv` whether it must be bound to the convolution before it
+    (normlab.models.binding).
     """
 
     batch_dependent: bool = False
     fuses_activation: bool = False
+    needs_conv: bool = False
+
+    def _init_affine(self, num_channels: int, bias: bool = True) -> None:
+        """The per-channel affine of a normalization layer: weight (gamma) 1 and bias (beta) 0,
+        or no bias (None); zero_init_ zeroes the weight."""
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(num_channels))
+        else:
+            self.register_parameter("bias", None)
 
     def check_batch_size(self, batch_size: int) -> None:
         """Refuse, before training starts, a per-device batch this layer cannot normalize."""

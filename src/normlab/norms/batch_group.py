@@ -15,37 +15,33 @@ mu_i = alpha a_i + (1-alpha) M1, s_i = alpha b_i + (1-alpha) M2, var_i = s_i - m
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normlab.norms._fast import var_mean
-from normlab.norms.base import NormLayer
-from normlab.norms.batch import check_eps, check_momentum
-from normlab.norms.population import PopulationStats, upcast
+from normlab.norms.checks import (
+    check_divides_batch,
+    check_eps,
+    check_fraction,
+    check_groups,
+    check_int,
+    check_momentum,
+)
+from normlab.norms.population import PopulationNorm, upcast
 from normlab.norms.registry import register_norm
-from normlab.norms.virtual import VirtualDevices
 
 
-def divisors(n: int) -> list[int]:
-    """The positive divisors of n, for error messages."""
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def check_groups(name: str, num_channels: int, groups: int) -> None:
-    """Refuse a group count that does not divide the channel count."""
-    if not isinstance(groups, int) or groups < 1 or num_channels % groups:
-        raise ValueError(
-            f"{name}: groups={groups!r} does not divide num_channels={num_channels}; "
-            f"valid groups: {', '.join(map(str, divisors(num_channels)))}"
-        )
-
-
-class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
-    """Summers & Dinneen's Batch/Group Normalization with running E[x], E[x^2] per channel.
+class ExampleChannelGroupNorm2d(PopulationNorm):
+    """Summers & Dinneen's Batch/Group Normalization (norm=batch_group): statistics per group
+    of `examples_per_group` examples x C/`groups` channels, running E[x], E[x^2] per channel.
+    (Unlike ChannelGroupBatchNorm2d, norm=bgn, whose channel groups span the whole batch.)
 
     Virtual devices need nothing more: examples_per_group divides batch_size (checked before
     training), so no example group straddles two devices' chunks, and the running moments'
     update is linear in the batch averages (the mean of the ranks' updates).
     """
+
+    population_buffers = ("running_m1", "running_m2")  # E[x] and E[x^2] per channel
+    supports_eval_alpha = True  # the method's own `alpha` parameter is its eval_alpha
 
     def __init__(
         self,
@@ -56,34 +52,28 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         eps: float,
         alpha: float,
     ) -> None:
-        super().__init__()
-        self.num_channels = num_channels
+        super().__init__(num_channels, num_channels, momentum, eps)
         self.groups = groups
         self.examples_per_group = examples_per_group
-        self.momentum = momentum
-        self.eps = eps
-        self.alpha = alpha
-        self.batch_dependent = examples_per_group > 1
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.register_buffer("running_m1", torch.zeros(num_channels))
-        self.register_buffer("running_m2", torch.ones(num_channels))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.eval_alpha = alpha
+        self.batch_dependent = examples_per_group > 1  # E = 1 is GN with running statistics
 
     def extra_repr(self) -> str:
         return (
             f"{self.num_channels}, groups={self.groups}, examples_per_group="
             f"{self.examples_per_group}, momentum={self.momentum}, eps={self.eps}, "
-            f"alpha={self.alpha}"
+            f"alpha={self.eval_alpha}"
         )
 
     def check_batch_size(self, batch_size: int) -> None:
         super().check_batch_size(batch_size)
-        if batch_size % self.examples_per_group:
-            raise ValueError(
-                f"batch_group: examples_per_group={self.examples_per_group} does not divide the "
-                f"per-device batch {batch_size}; choose a divisor of the batch"
-            )
+        check_divides_batch(
+            "batch_group",
+            "examples_per_group",
+            self.examples_per_group,
+            batch_size,
+            "choose a divisor of the batch",
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Every statistic from per-(sample, channel) moments: one two-pass var_mean over (H, W)
@@ -97,7 +87,7 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         g, k = self.groups, c // self.groups
         var_nc, a = (t.view(n, c) for t in var_mean(x, (2, 3)))
         mode = self.stats_mode
-        if mode in ("batch", "record") or (mode == "ema" and self.training):
+        if self.uses_batch_statistics():
             self.check_batch_size(n)
             e = self.examples_per_group
             a_groups = a.view(n // e, e, g, k)
@@ -107,19 +97,20 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
             inv = torch.rsqrt(var + self.eps)  # (n/e, 1, g, 1)
             scale = (inv * self.weight.view(1, 1, g, k)).expand(n // e, e, g, k).reshape(n, c)
             shift = self.bias - mu.expand(n // e, e, g, k).reshape(n, c) * scale
-            if mode == "ema":
+            if self.updates_running_statistics():
                 with torch.no_grad():
-                    self._update_running(a, var_nc + a * a)
+                    self._update_population(a.mean(0), (var_nc + a * a).mean(0))
             elif mode == "record":
                 with torch.no_grad():
                     self._record(x.numel() // g, *self._group_average(a, var_nc + a * a))
         else:
             m1, m2 = self._group_average(self.running_m1[None], self.running_m2[None])
             mu, s = m1.expand(n, g), m2.expand(n, g)
-            if self.alpha > 0.0:
+            alpha = self.eval_alpha
+            if alpha > 0.0:
                 own_mu, own_s = self._group_moments(a, var_nc + a * a)
-                mu = self.alpha * own_mu + (1.0 - self.alpha) * mu
-                s = self.alpha * own_s + (1.0 - self.alpha) * s
+                mu = alpha * own_mu + (1.0 - alpha) * mu
+                s = alpha * own_s + (1.0 - alpha) * s
             var = (s - mu * mu).clamp_min(0.0)
             inv = torch.rsqrt(var + self.eps)  # (n, g)
             scale = (inv.view(n, g, 1) * self.weight.view(1, g, k)).reshape(n, c)
@@ -136,24 +127,25 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         a = x.mean(dim=(2, 3))
         b = (x * x).mean(dim=(2, 3))
         mode = self.stats_mode
-        if mode in ("batch", "record") or (mode == "ema" and self.training):
+        if self.uses_batch_statistics():
             self.check_batch_size(n)
             e = self.examples_per_group
             mu = a.reshape(n // e, e, g, c // g).mean(dim=(1, 3))
             s = b.reshape(n // e, e, g, c // g).mean(dim=(1, 3))
             mu = mu.repeat_interleave(e, dim=0)
             s = s.repeat_interleave(e, dim=0)
-            if mode == "ema":
-                self._update_running(a.detach(), b.detach())
+            if self.updates_running_statistics():
+                self._update_population(a.detach().mean(0), b.detach().mean(0))
             elif mode == "record":
                 self._record(n * (c // g) * h * w, *self._group_average(a, b))
         else:
             m1, m2 = self._group_average(self.running_m1[None], self.running_m2[None])
             mu, s = m1.expand(n, g), m2.expand(n, g)
-            if self.alpha > 0.0:
+            alpha = self.eval_alpha
+            if alpha > 0.0:
                 own_mu, own_s = self._group_moments(a, b)
-                mu = self.alpha * own_mu + (1.0 - self.alpha) * mu
-                s = self.alpha * own_s + (1.0 - self.alpha) * s
+                mu = alpha * own_mu + (1.0 - alpha) * mu
+                s = alpha * own_s + (1.0 - alpha) * s
         var = (s - mu * mu).clamp_min(0.0)
         # (N, G) statistics broadcast to each channel of the group.
         mu_c = mu.repeat_interleave(c // g, dim=1)[:, :, None, None]
@@ -174,16 +166,6 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
         mu, s = self._group_moments(a, b)
         return mu.mean(0), s.mean(0)
 
-    @torch.no_grad()
-    def _update_running(self, a: Tensor, b: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        # momentum None: cumulative average (weight 1/k for the k-th batch), as torch's BN.
-        weight = (
-            self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        )
-        self.running_m1.lerp_(a.mean(0).to(self.running_m1.dtype), weight)
-        self.running_m2.lerp_(b.mean(0).to(self.running_m2.dtype), weight)
-
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
         k = self.num_channels // self.groups
         self.running_m1.copy_(mean.repeat_interleave(k))
@@ -192,8 +174,8 @@ class BatchGroupNorm2d(NormLayer, PopulationStats, VirtualDevices):
 
 @register_norm(
     "batch_group",
-    batch_dependent=True,
-    summary="Batch/Group Norm (Summers & Dinneen): stats over example x channel groups",
+    summary="Batch/Group Norm (Summers & Dinneen 2020): over example groups x channel groups",
+    test_params={"groups": 2, "examples_per_group": 2},
 )
 def build_batch_group(
     num_channels: int,
@@ -203,19 +185,21 @@ def build_batch_group(
     momentum: float | None = 0.01,
     eps: float = 1e-5,
     alpha: float = 0.0,
-) -> BatchGroupNorm2d:
-    """Batch/Group Normalization with `groups` channel groups and example groups of E."""
+) -> ExampleChannelGroupNorm2d:
+    """Batch/Group Normalization (Summers & Dinneen, ICLR 2020, "Four Things Everyone Should
+    Know to Improve Batch Normalization"): statistics over examples_per_group examples x
+    C/groups channels; running E[x], E[x^2] per channel (init 0/1), momentum 0.01 (= TF decay
+    0.99), eps 1e-5. The paper's example is G=32, E=2; CIFAR ResNet-20 has 16-channel layers, so
+    groups defaults to 8. alpha > 0 mixes each example's own moments in at evaluation (example
+    weighing; 0 = off)."""
     check_groups("batch_group", num_channels, groups)
-    if not isinstance(examples_per_group, int) or examples_per_group < 1:
-        raise ValueError(
-            f"batch_group: examples_per_group must be an int >= 1 dividing the per-device batch, "
-            f"got {examples_per_group!r}"
-        )
+    check_int(
+        "batch_group", "examples_per_group", examples_per_group, 1, " dividing the per-device batch"
+    )
     check_momentum("batch_group", momentum)
     check_eps("batch_group", eps)
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"batch_group: alpha must be in [0, 1], got {alpha}")
-    return BatchGroupNorm2d(
+    check_fraction("batch_group", "alpha", alpha)
+    return ExampleChannelGroupNorm2d(
         num_channels,
         groups,
         examples_per_group,

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.batch import BatchNorm2d
+from normlab.norms.checks import check_eps, check_fraction, check_int, check_momentum
 from normlab.norms.registry import register_norm
 
 
@@ -36,6 +37,7 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
     """CBN; must be bound to the convolution that produces its input (`bind_conv`)."""
 
     needs_conv = True
+    supports_eval_alpha = False  # not offered for cbn (its forward is its own)
     virtual_devices_refusal = (
         "cbn (Cross-Iteration BN): each rank compensates its own window of past statistics "
         "through the conv weights, so emulating k ranks would need k windows and k "
@@ -104,7 +106,7 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
             self._conv_input = inputs[0].detach()
 
     def forward(self, x: Tensor) -> Tensor:
-        cross = self.training and self.stats_mode == "ema" and self.window > 1
+        cross = self.updates_running_statistics() and self.window > 1
         if not cross:
             return super().forward(x)
         if self.uncompensated:
@@ -172,14 +174,10 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
 
     @torch.no_grad()
     def _update_running(self, x: Tensor, mean: Tensor) -> None:
-        self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
-        factor = (
-            self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        )
+        """The running mean and unbiased variance of the current iteration, as bn's."""
         count = x.numel() / x.shape[1]
         var = x.detach().var(dim=(0, 2, 3), unbiased=False) * count / max(count - 1, 1)
-        self.running_mean.lerp_(mean.detach(), factor)  # type: ignore[union-attr]
-        self.running_var.lerp_(var, factor)  # type: ignore[union-attr]
+        self._update_population(mean.detach(), var)
 
     def _window_statistics(self, mean: Tensor, sq: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and E[x^2] over the current and the compensated past iterations."""
@@ -216,7 +214,11 @@ class CrossIterationBatchNorm2d(BatchNorm2d):
         self._conv_input = None
 
 
-@register_norm("cbn", batch_dependent=True, summary="Cross-Iteration BN (Yao et al. 2021)")
+@register_norm(
+    "cbn",
+    summary="Cross-Iteration BN (Yao et al. 2021); compensation through the preceding conv",
+    test_params={"burnin_steps": 0},
+)
 def build_cbn(
     num_channels: int,
     *,
@@ -227,15 +229,15 @@ def build_cbn(
     rho: float = 1.0,
     no_conv: str = "naive",
 ) -> CrossIterationBatchNorm2d:
-    """CBN over a window of `window` iterations (the current one included)."""
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(
-            f"cbn: window must be an int >= 1 (iterations, the current one included), got {window!r}"
-        )
-    if not isinstance(burnin_steps, int) or burnin_steps < 0:
-        raise ValueError(f"cbn: burnin_steps must be an int >= 0, got {burnin_steps!r}")
-    if not 0.0 <= float(rho) <= 1.0:
-        raise ValueError(f"cbn: rho must be in [0, 1] (0: no compensation), got {rho}")
+    """Cross-Iteration BN (Yao et al., CVPR 2021): batch statistics averaged over the last
+    `window` optimizer steps (current one included), compensated to the current conv weights by
+    a Taylor expansion (rho scales it; 0 = naive averaging). Plain BN for the first burnin_steps
+    steps. Per-iteration variances kept non-negative by the paper's max (not the official code's
+    drop). The official COCO setting is window 4 with an 8-epoch burn-in. no_conv: a layer with
+    no conv right before it (pre-activation) averages naively (warned) or fails (error)."""
+    check_int("cbn", "window", window, 1, " (iterations, the current one included)")
+    check_int("cbn", "burnin_steps", burnin_steps, 0)
+    check_fraction("cbn", "rho", rho, " (0: no compensation)")
     if no_conv not in ("naive", "error"):
         raise ValueError(f"cbn: no_conv must be naive or error, got {no_conv!r}")
     check_momentum("cbn", momentum)

@@ -8,7 +8,7 @@ import pkgutil
 
 import normlab.norms as _package
 
-_INFRASTRUCTURE = {"activations", "base", "families", "registry", "virtual"}
+_INFRASTRUCTURE = {"activations", "base", "catalog", "checks", "families", "registry", "virtual"}
 
 for _info in pkgutil.iter_modules(_package.__path__):
     if _info.name not in _INFRASTRUCTURE and not _info.name.startswith("_"):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from normlab.norms._fast import mean_square
 from normlab.norms.activations import make_activation
 from normlab.norms.base import NormLayer
+from normlab.norms.checks import check_eps
 from normlab.norms.registry import register_norm
 
 
@@ -31,8 +32,7 @@ class FilterResponseNorm(NormLayer):
         super().__init__()
         self.eps = eps
         self.activation = activation
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self._init_affine(num_channels)
         self.tau = nn.Parameter(torch.zeros(num_channels)) if activation == "relu" else None
         self.act = make_activation(activation) if activation not in (None, "relu") else None
         self.eps_l = nn.Parameter(torch.full((1,), 1e-4)) if learnable_eps else None
@@ -72,12 +72,7 @@ class FilterResponseNorm(NormLayer):
         return self.act(y) if self.act is not None else y
 
 
-@register_norm(
-    "frn",
-    batch_dependent=False,
-    fuses_activation=True,
-    summary="Filter Response Normalization + TLU (Singh & Krishnan 2020)",
-)
+@register_norm("frn", summary="Filter Response Norm + TLU (Singh & Krishnan 2020)")
 def build_frn(
     num_channels: int,
     *,
@@ -85,7 +80,8 @@ def build_frn(
     eps: float = 1e-6,
     learnable_eps: bool = False,
 ) -> FilterResponseNorm:
-    """FRN with TLU in place of norm + ReLU."""
-    if not eps > 0:
-        raise ValueError(f"frn: eps must be > 0, got {eps}")
+    """Filter Response Normalization + TLU (Singh & Krishnan, CVPR 2020): x/sqrt(mean_hw x^2 +
+    eps), per-channel affine, then max(y, tau). eps 1e-6; learnable_eps adds |eps_l| (one per
+    layer)."""
+    check_eps("frn", eps)
     return FilterResponseNorm(num_channels, activation, float(eps), bool(learnable_eps))

@@ -15,10 +15,10 @@ are the mean of what each device's sequence of ghost updates gives.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.batch import BatchNorm2d
+from normlab.norms.checks import check_divides_batch, check_eps, check_int, check_momentum
 from normlab.norms.population import record_chunk_statistics
 from normlab.norms.registry import register_norm
 from normlab.norms.virtual import chunk_batch_norm
@@ -38,31 +38,29 @@ class GhostBatchNorm2d(BatchNorm2d):
 
     def check_batch_size(self, batch_size: int) -> None:
         super().check_batch_size(batch_size)
-        if batch_size % self.ghost_batch_size:
-            raise ValueError(
-                f"ghost_bn: ghost_batch_size={self.ghost_batch_size} does not divide the "
-                f"per-device batch {batch_size}; choose a ghost size that divides it"
-            )
+        check_divides_batch(
+            "ghost_bn",
+            "ghost_batch_size",
+            self.ghost_batch_size,
+            batch_size,
+            "choose a ghost size that divides it",
+        )
 
     def batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        mode = self.stats_mode
-        use_batch = mode in ("batch", "record") or (mode == "ema" and self.training)
-        if not use_batch:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
-            )
+        if not self.uses_batch_statistics():
+            return super().batch_norm(x, weight, bias)  # the running statistics, as bn
         self.check_batch_size(x.shape[0])
         n, c = x.shape[:2]
         g = self.ghost_batch_size
         y, mean, var = chunk_batch_norm(x.reshape(n, c, -1), g, weight, bias, self.eps)
         count = x.numel() // c // (n // g)  # elements per ghost batch and channel
-        if mode == "record":
+        if self.stats_mode == "record":
             record_chunk_statistics(self, mean, var, count)
-        elif mode == "ema":
+        elif self.updates_running_statistics():
             # Virtual devices: each rank runs the sequential updates of its own ghost batches;
             # the mean of the ranks' buffers is the sequence of updates with ghost j's
             # statistics averaged over the ranks.
-            ranks = self.virtual_chunks(x) if self.training else 1
+            ranks = self.virtual_chunks(x)
             per_rank = mean.shape[0] // ranks
             self._update_running(
                 mean.view(ranks, per_rank, c).mean(0), var.view(ranks, per_rank, c).mean(0)
@@ -94,7 +92,9 @@ class GhostBatchNorm2d(BatchNorm2d):
 
 
 @register_norm(
-    "ghost_bn", batch_dependent=True, summary="Ghost BN: BN per ghost batch of ghost_batch_size"
+    "ghost_bn",
+    summary="Ghost BN (Hoffer et al. 2017): BN per ghost batch, running stats updated per ghost",
+    test_params={"ghost_batch_size": 2},
 )
 def build_ghost_bn(
     num_channels: int,
@@ -103,12 +103,14 @@ def build_ghost_bn(
     momentum: float | None = 0.1,
     eps: float = 1e-5,
 ) -> GhostBatchNorm2d:
-    """Ghost BN; the running statistics are updated once per ghost batch (bigBatch)."""
-    if not isinstance(ghost_batch_size, int) or ghost_batch_size < 2:
-        raise ValueError(
-            f"ghost_bn: ghost_batch_size must be an int >= 2 that divides the per-device batch, "
-            f"got {ghost_batch_size!r}"
-        )
+    """Ghost Batch Normalization (Hoffer, Hubara & Soudry, NeurIPS 2017): BN statistics per
+    ghost batch of ghost_batch_size samples (must divide the per-device batch). Running
+    statistics are updated once per ghost batch in order, as in the official bigBatch code,
+    computed in closed form r <- (1-m)^k r + sum_j m (1-m)^(k-1-j) s_j. Defaults: ghost 16,
+    torch momentum 0.1, eps 1e-5."""
+    check_int(
+        "ghost_bn", "ghost_batch_size", ghost_batch_size, 2, " that divides the per-device batch"
+    )
     check_momentum("ghost_bn", momentum)
     check_eps("ghost_bn", eps)
     return GhostBatchNorm2d(num_channels, ghost_batch_size, momentum, eps)

@@ -20,7 +20,7 @@ class NoNorm(NormLayer):
         """Nothing to zero: an unnormalized branch keeps its conv initialization."""
 
 
-@register_norm("none", batch_dependent=False, summary="no normalization (identity)")
+@register_norm("none", summary="no normalization (identity)")
 def build_none(num_channels: int) -> NoNorm:
-    """No normalization: the layer passes its input through."""
+    """No normalization: the unnormalized baseline (Bjorck et al., "Understanding BN", 2018)."""
     return NoNorm()

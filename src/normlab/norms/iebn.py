@@ -14,12 +14,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.batch import BatchNorm2d
+from normlab.norms.checks import check_eps, check_momentum
 from normlab.norms.registry import register_norm
 
 
 class InstanceEnhancementBatchNorm2d(BatchNorm2d):
     """IEBN: affine-free BN (with the stats modes of bn) scaled by a per-instance GAP gate."""
+
+    supports_eval_alpha = False  # its forward normalizes without bn's example weighing
 
     def __init__(self, num_channels: int, momentum: float | None, eps: float) -> None:
         # BN's own affine parameters serve as gamma (weight) and beta (bias); the normalization
@@ -41,12 +44,14 @@ class InstanceEnhancementBatchNorm2d(BatchNorm2d):
 
 
 @register_norm(
-    "iebn", batch_dependent=True, summary="Instance Enhancement BN: BN with a per-instance GAP gate"
+    "iebn", summary="Instance Enhancement BN (Liang et al. 2020): BN with a per-instance GAP gate"
 )
 def build_iebn(
     num_channels: int, *, momentum: float | None = 0.1, eps: float = 1e-5
 ) -> InstanceEnhancementBatchNorm2d:
-    """IEBN with the official initialization (gate sigmoid(0 * GAP - 1))."""
+    """Instance Enhancement BN (Liang et al., AAAI 2020): affine-free BN times gamma *
+    sigmoid(gate on the input's global average pool) plus beta; gate init weight 0, bias -1.
+    momentum 0.1, eps 1e-5."""
     check_momentum("iebn", momentum)
     check_eps("iebn", eps)
     return InstanceEnhancementBatchNorm2d(num_channels, momentum, float(eps))

@@ -18,16 +18,25 @@ BGN). `recorded_moments()` stacks them as one (3, S) float64 tensor so a caller 
 it across DDP ranks, `load_recorded_moments()` puts the reduced tensor back, and
 `finish_recording()` writes the population mean and the biased total variance
 E[x^2] - mean^2 into the layer's running buffers.
+
+Every layer with running statistics declares them here, once: which buffers they are
+(`population_buffers`, what DDP reconciliation averages across ranks) and which counter counts
+its batches (`population_counter`), and whether its evaluation implements example weighing
+(`supports_eval_alpha`, Summers & Dinneen 2020). The mode predicate (`uses_batch_statistics`) and the EMA
+update with torch's momentum convention (`_update_population`) live here too, so no layer
+re-derives them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from normlab.norms.virtual import chunk_batch_norm
+from normlab.norms.base import NormLayer
+from normlab.norms.virtual import VirtualDevices, chunk_batch_norm
 
 STATS_MODES = ("ema", "record", "batch", "population")
 
@@ -42,12 +51,43 @@ def check_stats_mode(mode: str) -> str:
 class PopulationStats:
     """Mixin for layers with running statistics; see the module docstring for the modes.
 
-    Subclasses call `_record(n, mean, ex2)` from their forward in "record" mode and implement
-    `_load_population(mean, ex2)` (float64 per-statistic tensors) to write their buffers.
+    Declarations (class attributes): `population_buffers`, the running statistics in the order
+    `_update_population` and `_load_population` take them (floating buffers; DDP reconciliation
+    averages exactly these); `population_counter`, the integer buffer counting the batches (the
+    divisor of the cumulative average that `momentum=None` asks for); `supports_eval_alpha`,
+    whether evaluation mixes each example's own moments into the population ones with weight
+    `eval_alpha` (example-weighed inference, Summers & Dinneen 2020, Sec. 3.2).
+
+    Subclasses call `_record(n, mean, ex2)` from their forward in "record" mode; the default
+    `_load_population(mean, ex2)` writes mean and biased variance into the two buffers.
     """
 
+    population_buffers: ClassVar[tuple[str, ...]] = ("running_mean", "running_var")
+    population_counter: ClassVar[str] = "num_batches_tracked"
+    supports_eval_alpha: ClassVar[bool] = False
+    momentum: float | None
+    training: bool
     _stats_mode: str = "ema"
     _recorded: Tensor | None = None
+    _eval_alpha: float = 0.0
+
+    @property
+    def eval_alpha(self) -> float:
+        """The example weight evaluation uses (0: the population statistics alone)."""
+        return self._eval_alpha
+
+    @eval_alpha.setter
+    def eval_alpha(self, alpha: float) -> None:
+        if alpha > 0 and not self.supports_eval_alpha:
+            from normlab.norms.registry import eval_alpha_norms
+
+            names = eval_alpha_norms()
+            listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+            raise ValueError(
+                f"{type(self).__name__} does not implement example-weighed inference "
+                f"(eval_alpha); it is available for norm={listed}"
+            )
+        self._eval_alpha = float(alpha)
 
     @property
     def stats_mode(self) -> str:
@@ -57,6 +97,39 @@ class PopulationStats:
     @stats_mode.setter
     def stats_mode(self, mode: str) -> None:
         self._stats_mode = check_stats_mode(mode)
+
+    def uses_batch_statistics(self) -> bool:
+        """Whether a forward now normalizes with the batch's own statistics: always in "batch"
+        and "record" modes, in "ema" mode while training; otherwise (evaluation in "ema" mode,
+        "population" mode) with the running statistics."""
+        mode = self._stats_mode
+        return mode in ("batch", "record") or (mode == "ema" and self.training)
+
+    def updates_running_statistics(self) -> bool:
+        """Whether a forward now updates the running statistics: "ema" mode while training."""
+        return self._stats_mode == "ema" and self.training
+
+    def population_tensors(self) -> list[Tensor]:
+        """The running-statistics buffers this layer declares (`population_buffers`)."""
+        return [getattr(self, name) for name in self.population_buffers]
+
+    def _ema_factor(self) -> float:
+        """Count one more batch and return the weight its statistics get in the running ones:
+        `momentum` (r <- (1 - m) r + m s, torch's convention), or 1/count with momentum None
+        (the cumulative average over the batches so far, as torch's BatchNorm)."""
+        counter = getattr(self, self.population_counter)
+        counter.add_(1)
+        if self.momentum is None:
+            return 1.0 / float(counter)
+        return float(self.momentum)
+
+    @torch.no_grad()
+    def _update_population(self, *statistics: Tensor) -> None:
+        """One EMA (or cumulative) update of the `population_buffers` with this batch's
+        `statistics`, given in the same order."""
+        factor = self._ema_factor()
+        for buffer, value in zip(self.population_tensors(), statistics, strict=True):
+            buffer.lerp_(value.to(buffer.dtype), factor)
 
     def start_recording(self) -> None:
         """Zero the accumulators and switch to "record" mode."""
@@ -109,7 +182,33 @@ class PopulationStats:
         self._stats_mode = "ema"
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
-        raise NotImplementedError
+        """Write a population mean and E[x^2] (float64, per statistic) into the buffers: by
+        default the mean and the biased variance into the two `population_buffers`."""
+        mean_buffer, var_buffer = self.population_tensors()
+        mean_buffer.copy_(mean)
+        var_buffer.copy_(population_var(mean, ex2))
+
+
+class PopulationNorm(NormLayer, PopulationStats, VirtualDevices):
+    """Base of the batch-dependent layers that are not torch's BatchNorm (bgn, batch_group, brn):
+    a per-channel affine (weight 1, bias 0), the two `population_buffers` of `statistics`
+    entries each (zeros, ones: the mean-like and the variance-like one) and the batch counter,
+    registered in that order (the state-dict layout)."""
+
+    batch_dependent = True
+
+    def __init__(
+        self, num_channels: int, statistics: int, momentum: float | None, eps: float
+    ) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.momentum = momentum
+        self.eps = eps
+        self._init_affine(num_channels)
+        first, second = self.population_buffers
+        self.register_buffer(first, torch.zeros(statistics))
+        self.register_buffer(second, torch.ones(statistics))
+        self.register_buffer(self.population_counter, torch.tensor(0, dtype=torch.long))
 
 
 def population_var(mean: Tensor, ex2: Tensor) -> Tensor:
@@ -203,16 +302,17 @@ def record_chunk_statistics(layer: PopulationStats, mean: Tensor, var: Tensor, c
     layer._record(count * mean64.shape[0], mean64.mean(0), (biased + mean64 * mean64).mean(0))
 
 
-def batch_dependent_layers(model: nn.Module) -> list[nn.Module]:
-    """Every layer of `model` with running statistics (the PopulationStats interface)."""
+def population_layers(model: nn.Module) -> list[PopulationStats]:
+    """Every layer of `model` with running (population) statistics: what PreciseBN, FrozenBN
+    and batch-statistics evaluation act on. A batch_group layer with examples_per_group=1 is
+    one of them although it is not batch-dependent."""
     return [m for m in model.modules() if isinstance(m, PopulationStats)]
 
 
 def iter_population_layers(model: nn.Module) -> Iterator[PopulationStats]:
-    """Like batch_dependent_layers, typed as the interface."""
-    for module in model.modules():
-        if isinstance(module, PopulationStats):
-            yield module
+    """Deprecated alias of `population_layers` (kept for scripts/choose_alpha.py and
+    normlab.diagnostics.callback)."""
+    return iter(population_layers(model))
 
 
 def set_stats_mode(model: nn.Module, mode: str) -> int:
@@ -222,7 +322,7 @@ def set_stats_mode(model: nn.Module, mode: str) -> int:
     """
     check_stats_mode(mode)
     count = 0
-    for layer in iter_population_layers(model):
+    for layer in population_layers(model):
         if mode == "record":
             layer.start_recording()
         else:

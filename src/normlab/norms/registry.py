@@ -1,4 +1,12 @@
-"""The norm registry: one name per method, validated parameters, one factory for models."""
+"""The norm registry: one name per method, validated parameters, one factory for models.
+
+A method is one module of normlab.norms holding its layer class and one builder registered
+with `@register_norm`. Everything else about the method derives from that registration: its
+parameters and defaults (the builder's keyword defaults), what it is (the layer class's
+declarations: `batch_dependent`, `fuses_activation`, `supports_eval_alpha`), its
+conf/norm/<name>.yaml and README row (normlab.norms.catalog) and the parameters the tests
+build it with (`test_params`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from normlab.norms.activations import activation_name
-from normlab.norms.base import NormAct
+from normlab.norms.base import NormAct, NormLayer
 
 NormBuilder = Callable[..., nn.Module]
 NormFactory = Callable[[int, str | None], nn.Module]
@@ -18,14 +26,35 @@ NormFactory = Callable[[int, str | None], nn.Module]
 
 @dataclass(frozen=True)
 class NormSpec:
-    """A registered method: its builder, its parameters with defaults, and what it is."""
+    """A registered method: its builder, the layer class the builder returns, its parameters
+    with defaults, the one-line `summary` the README's method table shows, and `test_params`:
+    overrides of the defaults under which a layer of 4 channels trains on batches of 2 samples
+    with every part of its formula active (what the registry-driven tests build).
+
+    `batch_dependent` and `fuses_activation` are the layer class's own declarations.
+    """
 
     name: str
     builder: NormBuilder
+    layer: type[NormLayer]
+    summary: str
     defaults: dict[str, Any] = field(default_factory=dict)
-    batch_dependent: bool = False
-    fuses_activation: bool = False
-    summary: str = ""
+    test_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether the method normalizes over the batch (declared by its layer class)."""
+        return bool(self.layer.batch_dependent)
+
+    @property
+    def fuses_activation(self) -> bool:
+        """Whether the layer applies the following activation itself (declared by its class)."""
+        return bool(self.layer.fuses_activation)
+
+    @property
+    def supports_eval_alpha(self) -> bool:
+        """Whether evaluation implements example weighing (declared by its layer class)."""
+        return bool(getattr(self.layer, "supports_eval_alpha", False))
 
 
 _REGISTRY: dict[str, NormSpec] = {}
@@ -33,23 +62,34 @@ COMPILE = "compile"  # the parameter every method takes: wrap the built layer in
 
 
 def register_norm(
-    name: str,
-    *,
-    batch_dependent: bool,
-    summary: str,
-    fuses_activation: bool = False,
+    name: str, *, summary: str, test_params: dict[str, Any] | None = None
 ) -> Callable[[NormBuilder], NormBuilder]:
-    """Register a builder `(num_channels, [activation,] **params) -> nn.Module` under `name`.
+    """Register a builder `(num_channels, [activation,] **params) -> Layer` under `name`.
 
     The builder's keyword defaults are the method's parameters, plus `compile` (False), which
-    every method takes (see `build_norm`). A builder that fuses the activation takes an
-    `activation` keyword; otherwise the registry appends it.
+    every method takes (see `build_norm`). Its return annotation names the NormLayer class it
+    builds, whose class attributes say what the method is (`batch_dependent`,
+    `fuses_activation`, ...). A layer that fuses the activation has a builder taking an
+    `activation` keyword; otherwise the registry appends the activation. `summary` is the
+    method's row text in the README table; `test_params` override defaults in the tests.
     """
 
     def decorate(builder: NormBuilder) -> NormBuilder:
         if name in _REGISTRY:
             raise ValueError(f"norm '{name}' is registered twice")
+        if not summary or "|" in summary or "\n" in summary:
+            raise ValueError(
+                f"norm '{name}': summary must be one line without '|', got {summary!r}"
+            )
+        layer = _layer_class(name, builder)
         signature = inspect.signature(builder)
+        takes_activation = "activation" in signature.parameters
+        if takes_activation != layer.fuses_activation:
+            raise ValueError(
+                f"norm '{name}': {layer.__name__}.fuses_activation is {layer.fuses_activation}, "
+                f"so its builder must {'' if layer.fuses_activation else 'not '}take an "
+                "`activation` keyword"
+            )
         defaults = {
             p.name: p.default
             for p in signature.parameters.values()
@@ -58,17 +98,36 @@ def register_norm(
         if COMPILE in defaults:
             raise ValueError(f"norm '{name}': '{COMPILE}' is a registry parameter of every norm")
         defaults[COMPILE] = False
+        unknown = sorted(set(test_params or {}) - set(defaults))
+        if unknown:
+            raise ValueError(f"norm '{name}': test_params {', '.join(unknown)} are no parameters")
         _REGISTRY[name] = NormSpec(
             name=name,
             builder=builder,
-            defaults=defaults,
-            batch_dependent=batch_dependent,
-            fuses_activation=fuses_activation,
+            layer=layer,
             summary=summary,
+            defaults=defaults,
+            test_params=dict(test_params or {}),
         )
         return builder
 
     return decorate
+
+
+def _layer_class(name: str, builder: NormBuilder) -> type[NormLayer]:
+    """The NormLayer class `builder` is annotated to return."""
+    try:
+        returned = inspect.signature(builder, eval_str=True).return_annotation
+    except NameError as error:
+        raise ValueError(
+            f"norm '{name}': cannot resolve the builder's annotations: {error}"
+        ) from error
+    if not (isinstance(returned, type) and issubclass(returned, NormLayer)):
+        raise ValueError(
+            f"norm '{name}': annotate the builder's return type with the NormLayer class it "
+            f"builds (it declares batch_dependent, fuses_activation), got {returned!r}"
+        )
+    return returned
 
 
 def available_norms() -> list[str]:
@@ -77,12 +136,22 @@ def available_norms() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def norm_specs() -> list[NormSpec]:
+    """Every registered method's spec, by name."""
+    return [_REGISTRY[name] for name in available_norms()]
+
+
 def get_norm_spec(name: str) -> NormSpec:
     """The registered spec of `name`, or a ValueError naming the valid choices."""
     _load_families()
     if name not in _REGISTRY:
         raise ValueError(f"unknown norm '{name}'; valid choices: {', '.join(available_norms())}")
     return _REGISTRY[name]
+
+
+def eval_alpha_norms() -> list[str]:
+    """The methods whose layers implement example-weighed inference (`eval_alpha`)."""
+    return [spec.name for spec in norm_specs() if spec.supports_eval_alpha]
 
 
 def validate_norm_params(name: str, params: dict[str, Any]) -> NormSpec:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from normlab.norms._fast import batch_norm_train, channel_var_mean
-from normlab.norms.base import NormLayer
-from normlab.norms.batch import check_eps, check_momentum
-from normlab.norms.population import PopulationStats, population_var, upcast
+from normlab.norms.checks import check_eps, check_int, check_momentum
+from normlab.norms.population import PopulationNorm, population_var, upcast
 from normlab.norms.registry import register_norm
-from normlab.norms.virtual import VirtualDevices
 
 
 def _ramp(step: Tensor, start: int, end: int) -> Tensor:
@@ -38,10 +36,11 @@ def _ramp(step: Tensor, start: int, end: int) -> Tensor:
     return ((step - start) / (end - start)).clamp(0.0, 1.0)
 
 
-class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
+class BatchRenorm2d(PopulationNorm):
     """Batch Renormalization with running mean and running sigma per channel."""
 
-    batch_dependent = True
+    population_buffers = ("running_mean", "running_std")
+    population_counter = "num_steps"  # training forwards in "ema" mode: the ramps' clock too
     _rank_mean: Tensor | None = None  # (k, C) per-virtual-rank moving averages, in training
     _rank_std: Tensor | None = None
 
@@ -56,20 +55,13 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
         momentum: float | None,
         eps: float,
     ) -> None:
-        super().__init__()
-        self.num_channels = num_channels
+        super().__init__(num_channels, num_channels, momentum, eps)
         self.r_max, self.d_max = r_max, d_max
         self.warmup_steps, self.r_max_steps, self.d_max_steps = (
             warmup_steps,
             r_max_steps,
             d_max_steps,
         )
-        self.momentum, self.eps = momentum, eps
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.register_buffer("running_mean", torch.zeros(num_channels))
-        self.register_buffer("running_std", torch.ones(num_channels))
-        self.register_buffer("num_steps", torch.tensor(0, dtype=torch.long))
 
     def extra_repr(self) -> str:
         return (
@@ -92,18 +84,18 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
         in_dtype, x = x.dtype, upcast(x)
         mode = self.stats_mode
         weight, bias = self.weight, self.bias
-        if mode == "population" or (mode == "ema" and not self.training):
+        if not self.uses_batch_statistics():
             # (x - mu) / sigma: eval-mode batch_norm with variance sigma^2 and no eps.
             var = self.running_std.square()
             y = F.batch_norm(x, self.running_mean, var, weight, bias, False, 0.0, 0.0)
-        elif mode in ("ema", "record") and self.virtual_chunks(x) > 1:
+        elif mode != "batch" and self.virtual_chunks(x) > 1:
             y = self._virtual_ranks_forward(x, mode)
         else:
             var, mean = channel_var_mean(x)
             if mode == "record":
                 m64 = mean.double()
                 self._record(x.numel() // x.shape[1], m64, var.double() + m64 * m64)
-            elif mode == "ema":
+            elif self.updates_running_statistics():
                 r, d = self._renormalize_factors(mean, torch.sqrt(var + self.eps))
                 weight, bias = weight * r, torch.addcmul(bias, weight, d)
             y = self._train_kernel(x, var, mean, weight, bias)
@@ -145,13 +137,10 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
         if self._rank_mean is None or self._rank_std is None or self._rank_mean.shape[0] != k:
             self._rank_mean = self.running_mean.expand(k, -1).clone()
             self._rank_std = self.running_std.expand(k, -1).clone()
-        r_max, d_max = self.current_limits()
-        r = torch.clamp(std / self._rank_std, 1.0 / r_max, r_max)
-        d = torch.clamp((mean - self._rank_mean) / self._rank_std, -d_max, d_max)
-        self.num_steps.add_(1)
-        weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
-        self._rank_mean.lerp_(mean, weight)
-        self._rank_std.lerp_(std, weight)
+        r, d = self._corrections(mean, std, self._rank_mean, self._rank_std)
+        factor = self._ema_factor()
+        self._rank_mean.lerp_(mean, factor)
+        self._rank_std.lerp_(std, factor)
         self.running_mean.copy_(self._rank_mean.mean(0))
         self.running_std.copy_(self._rank_std.mean(0))
         return r, d
@@ -169,7 +158,7 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
         """The formula written out (the tests compare `forward` with it); same side effects."""
         in_dtype, x = x.dtype, upcast(x)
         mode = self.stats_mode
-        if mode == "population" or (mode == "ema" and not self.training):
+        if not self.uses_batch_statistics():
             y = (x - self.running_mean.view(1, -1, 1, 1)) / self.running_std.view(1, -1, 1, 1)
         else:
             var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
@@ -178,7 +167,7 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
             if mode == "record":
                 m64 = mean.detach().double()
                 self._record(x.numel() // x.shape[1], m64, var.detach().double() + m64 * m64)
-            elif mode == "ema":
+            elif self.updates_running_statistics():
                 y = self._renormalize(y, mean.detach(), std.detach())
         return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(in_dtype)
 
@@ -190,15 +179,20 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
     @torch.no_grad()
     def _renormalize_factors(self, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
         """r, d from the batch mean and sigma_B = sqrt(biased var + eps); then update the moving
-        averages and the step count."""
+        averages (momentum None: cumulative average over the training steps) and the step
+        count."""
+        r, d = self._corrections(mean, std, self.running_mean, self.running_std)
+        self._update_population(mean, std)
+        return r, d
+
+    def _corrections(
+        self, mean: Tensor, std: Tensor, moving_mean: Tensor, moving_std: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """r = clip(sigma_B / sigma, 1/r_max, r_max), d = clip((mu_B - mu) / sigma, -d_max,
+        d_max) toward the given moving averages, at the current step's limits."""
         r_max, d_max = self.current_limits()
-        r = torch.clamp(std / self.running_std, 1.0 / r_max, r_max)
-        d = torch.clamp((mean - self.running_mean) / self.running_std, -d_max, d_max)
-        self.num_steps.add_(1)
-        # momentum None: cumulative average over the training steps so far.
-        weight = self.momentum if self.momentum is not None else 1.0 / self.num_steps.float()
-        self.running_mean.lerp_(mean, weight)
-        self.running_std.lerp_(std, weight)
+        r = torch.clamp(std / moving_std, 1.0 / r_max, r_max)
+        d = torch.clamp((mean - moving_mean) / moving_std, -d_max, d_max)
         return r, d
 
     def _load_population(self, mean: Tensor, ex2: Tensor) -> None:
@@ -208,7 +202,9 @@ class BatchRenorm2d(NormLayer, PopulationStats, VirtualDevices):
 
 
 @register_norm(
-    "brn", batch_dependent=True, summary="Batch Renormalization: BN corrected toward moving stats"
+    "brn",
+    summary="Batch Renormalization (Ioffe 2017): BN corrected toward the moving statistics",
+    test_params={"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "r_max": 1.5, "d_max": 0.5},
 )
 def build_brn(
     num_channels: int,
@@ -221,15 +217,17 @@ def build_brn(
     momentum: float | None = 0.01,
     eps: float = 1e-5,
 ) -> BatchRenorm2d:
-    """Batch Renorm with the paper's schedule (r_max 3 at 40k steps, d_max 5 at 25k)."""
+    """Batch Renormalization (Ioffe, NeurIPS 2017): BN corrected by stop-gradient r, d toward
+    the moving mean and moving sigma (momentum 0.01). r_max=1, d_max=0 until warmup_steps=5000,
+    then linear ramps reaching r_max=3 at r_max_steps=40000 and d_max=5 at d_max_steps=25000
+    (counted in training forward passes, buffer num_steps). Eval uses the moving averages."""
     if not float(r_max) >= 1.0:
         raise ValueError(f"brn: r_max must be >= 1, got {r_max}")
     if not float(d_max) >= 0.0:
         raise ValueError(f"brn: d_max must be >= 0, got {d_max}")
     steps = {"warmup_steps": warmup_steps, "r_max_steps": r_max_steps, "d_max_steps": d_max_steps}
     for key, value in steps.items():
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"brn: {key} must be an int >= 0, got {value!r}")
+        check_int("brn", key, value, 0)
     for key in ("r_max_steps", "d_max_steps"):
         if steps[key] < warmup_steps:
             raise ValueError(

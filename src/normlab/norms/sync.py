@@ -19,7 +19,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from normlab.norms.batch import BatchNorm2d, check_eps, check_momentum
+from normlab.norms.batch import BatchNorm2d
+from normlab.norms.checks import check_eps, check_momentum
 from normlab.norms.population import moments
 from normlab.norms.registry import register_norm
 
@@ -95,41 +96,26 @@ class SyncBatchNorm2d(BatchNorm2d):
         return 1
 
     def batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        mode = self.stats_mode
-        synced = mode in ("batch", "record") or (mode == "ema" and self.training)
-        if not synced or distributed_world_size() == 1:
+        if not self.uses_batch_statistics() or distributed_world_size() == 1:
             return super().batch_norm(x, weight, bias)
         if weight is None or bias is None:
             raise ValueError("syncbn: the synchronized path needs the affine parameters")
-        if mode == "record":
+        if self.stats_mode == "record":
             mean, ex2 = moments(x, (0, 2, 3))
             self._record(x.numel() // x.shape[1], mean, ex2)
         y, g_mean, g_var, total = _SyncBatchNormFunction.apply(x, weight, bias, self.eps)
-        if mode == "ema":
-            self._update_running(g_mean, g_var, total)
+        if self.updates_running_statistics():  # the global mean and unbiased variance
+            self._update_population(g_mean, g_var * total / (total - 1).clamp_min(1))
         return y
 
-    @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, total: Tensor) -> None:
-        if self.running_mean is None or self.running_var is None:
-            return
-        assert self.num_batches_tracked is not None
-        self.num_batches_tracked.add_(1)
-        factor = (
-            1.0 / float(self.num_batches_tracked.item()) if self.momentum is None else self.momentum
-        )
-        unbiased = var * total / (total - 1).clamp_min(1)
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
-
-@register_norm(
-    "syncbn", batch_dependent=True, summary="SyncBN: BN over the global batch of all ranks"
-)
+@register_norm("syncbn", summary="BN over all ranks (gloo or NCCL); = `bn` in one process")
 def build_syncbn(
     num_channels: int, *, momentum: float | None = 0.1, eps: float = 1e-5
 ) -> SyncBatchNorm2d:
-    """Synchronized BN; identical to bn without an initialized process group."""
+    """Synchronized BN (as torch.nn.SyncBatchNorm; Wu & Johnson 2021 Sec. 2.6): batch statistics
+    over all ranks of the default process group (gloo or NCCL); identical to bn on a single
+    process. Running variance uses the global unbiased estimate. momentum 0.1, eps 1e-5."""
     check_momentum("syncbn", momentum)
     check_eps("syncbn", eps)
     return SyncBatchNorm2d(num_channels, eps=eps, momentum=momentum)

@@ -10,9 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset
-from normlab.norms.batch import BatchNorm2d
-from normlab.norms.batch_group import BatchGroupNorm2d
-from normlab.norms.population import iter_population_layers
+from normlab.norms.population import PopulationStats, population_layers
 from normlab.norms.virtual import set_virtual_batch_size, virtual_batch_size_of
 from normlab.stats.precise_bn import BatchAugmentedImages, update_population_stats
 
@@ -95,7 +93,7 @@ def statistics_frozen(model: nn.Module) -> bool:
     """Whether FrozenBN froze the population statistics: the model now trains with them as
     constants, so re-estimating them (with batch-statistics forwards) would change the network
     it learned; they stay as frozen."""
-    return any(layer.stats_mode == "population" for layer in iter_population_layers(model))
+    return any(layer.stats_mode == "population" for layer in population_layers(model))
 
 
 def whole_chunks(
@@ -141,7 +139,7 @@ class FrozenBNCallback(L.Callback):
         model = pl_module.model  # type: ignore[attr-defined]
         if self.frozen_at_epoch is None and self.precise_bn is not None:
             self.precise_bn.recompute(trainer, pl_module)  # freeze precise statistics
-        for layer in iter_population_layers(model):
+        for layer in population_layers(model):
             layer.stats_mode = "population"
             if self.freeze_affine:
                 for param in layer.parameters():  # type: ignore[attr-defined]
@@ -165,9 +163,9 @@ class EvalStatsCallback(L.Callback):
         self._saved_alpha: list[float] = []
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
+        layers = population_layers(pl_module.model)  # type: ignore[attr-defined]
         self._saved = [layer.stats_mode for layer in layers]
-        self._saved_alpha = [get_eval_alpha(layer) for layer in layers]
+        self._saved_alpha = [layer.eval_alpha for layer in layers]
         for layer in layers:
             if self.mode == "batch":
                 layer.stats_mode = "batch"
@@ -175,37 +173,15 @@ class EvalStatsCallback(L.Callback):
                 set_eval_alpha(layer, self.alpha)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layers = list(iter_population_layers(pl_module.model))  # type: ignore[attr-defined]
+        layers = population_layers(pl_module.model)  # type: ignore[attr-defined]
         for layer, mode, alpha in zip(layers, self._saved, self._saved_alpha, strict=False):
             layer.stats_mode = mode
-            if supports_eval_alpha(layer):
-                set_eval_alpha(layer, alpha)
+            set_eval_alpha(layer, alpha)
 
 
-def supports_eval_alpha(layer: object) -> bool:
-    """Whether `layer` implements example-weighed inference: BN and the layers that keep its
-    forward (SyncBN, Ghost BN; at evaluation they are BN) through `eval_alpha`, and
-    batch_group through its own `alpha`."""
-    if isinstance(layer, BatchGroupNorm2d):
-        return True
-    return isinstance(layer, BatchNorm2d) and type(layer).forward is BatchNorm2d.forward
-
-
-def set_eval_alpha(layer: object, alpha: float) -> None:
-    """Set example-weighed inference on `layer`; refuse alpha > 0 where it is not implemented."""
-    if isinstance(layer, BatchGroupNorm2d):
-        layer.alpha = alpha
-    elif supports_eval_alpha(layer):
-        layer.eval_alpha = alpha  # type: ignore[attr-defined]
-    elif alpha > 0:
-        raise ValueError(
-            f"{type(layer).__name__} does not implement example-weighed inference (eval_alpha); "
-            "it is available for norm=bn, syncbn, ghost_bn and batch_group"
-        )
-
-
-def get_eval_alpha(layer: object) -> float:
-    """The example weight `layer` evaluates with (0 where not implemented)."""
-    if isinstance(layer, BatchGroupNorm2d):
-        return float(layer.alpha)
-    return float(getattr(layer, "eval_alpha", 0.0)) if supports_eval_alpha(layer) else 0.0
+def set_eval_alpha(layer: PopulationStats, alpha: float) -> None:
+    """Set example-weighed inference on `layer`, a capability its class declares
+    (`supports_eval_alpha`); alpha > 0 where it is not declared raises, naming the methods
+    that have it."""
+    if layer.supports_eval_alpha or alpha > 0:
+        layer.eval_alpha = alpha

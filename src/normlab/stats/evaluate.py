@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from normlab.norms.population import iter_population_layers
+from normlab.norms.population import population_layers
 from normlab.stats.callbacks import training_loader
 from normlab.stats.precise_bn import update_population_stats
 
@@ -35,7 +35,7 @@ def accuracy_with_batch_stats(
     model: nn.Module, batches: Iterable[Any], device: torch.device
 ) -> float:
     """Accuracy when every batch-dependent layer normalizes each evaluation batch by itself."""
-    layers = list(iter_population_layers(model))
+    layers = population_layers(model)
     saved = [layer.stats_mode for layer in layers]
     for layer in layers:
         layer.stats_mode = "batch"

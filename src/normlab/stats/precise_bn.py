@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset
-from normlab.norms.population import iter_population_layers
+from normlab.norms.population import population_layers
 
 
 def _first_tensor(batch: object) -> Tensor:
@@ -45,7 +45,7 @@ def update_population_stats(model: nn.Module, batches: Iterable[object], num_sam
     """
     if num_samples < 1:
         raise ValueError(f"PreciseBN needs num_samples >= 1, got {num_samples}")
-    layers = list(iter_population_layers(model))
+    layers = population_layers(model)
     if not layers:
         return 0
     was_training = model.training
