@@ -35,7 +35,9 @@ train: $(STAMP) ## run the default job (real digits data, CPU); extra overrides 
 # In-process tests only (layers, models, statistics, optimizer, config, report): the edit loop.
 FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stats/test_precise_fast.py \
 	tests/stats/test_precise_bn_virtual.py tests/test_optim.py tests/test_config.py tests/test_lit.py \
-	tests/test_runtime.py tests/test_report.py tests/test_diagnostics.py
+	tests/test_runtime.py tests/test_report.py tests/test_diagnostics.py tests/test_papers.py \
+	tests/test_plots.py tests/test_paper_report.py tests/test_folder_cache.py \
+	tests/test_every_option.py::test_every_option_of_every_group_builds
 
 test-fast: $(STAMP) ## in-process tests only, about 1 minute on 2 cores (no train.py subprocesses)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(FAST_TESTS) $(ARGS)
@@ -58,9 +60,10 @@ report: $(STAMP) ## table + plots of a sweep folder: make report ARGS=multirun/<
 data: $(STAMP) ## unpack the shared CIFAR-10 JPEGs into .cache/data
 	$(BIN)/python -m normlab.data.shared
 
-lint: $(STAMP) ## ruff check + format check
+lint: $(STAMP) ## ruff check + format check + generated norm configs and README table up to date
 	$(BIN)/ruff check src tests scripts train.py
 	$(BIN)/ruff format --check src tests scripts train.py
+	$(BIN)/python -m normlab.norms.catalog
 
 format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests scripts train.py

@@ -169,9 +169,10 @@ class Classifier(L.LightningModule):
         ):
             self._read_back()
 
-    def _read_back(self) -> None:
+    def _read_back(self, log_step: bool = True) -> None:
         """One transfer: the losses since the last read-back and the divergence flag; log the
-        latest step loss; all ranks agree whether to stop."""
+        latest step loss (not at epoch end, where Lightning refuses step logs: a run stopped
+        mid-epoch by max_steps ends there with unread losses); all ranks agree whether to stop."""
         if self._filled == 0:
             return
         losses = self._window[: self._filled].tolist()
@@ -182,7 +183,8 @@ class Classifier(L.LightningModule):
         self._loss_sum += math.fsum(good)
         self._summed += len(good)
         self.last_train_loss = losses[-1]
-        self.log("train/loss_step", losses[-1], on_step=True, on_epoch=False)
+        if log_step:
+            self.log("train/loss_step", losses[-1], on_step=True, on_epoch=False)
         if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
         self.diverged = True
@@ -195,7 +197,7 @@ class Classifier(L.LightningModule):
             )
 
     def on_train_epoch_end(self) -> None:
-        self._read_back()
+        self._read_back(log_step=False)
         if self._summed == 0 or self._samples == 0:
             return
         # Exact epoch means; under DDP every rank has as many steps and samples, so the mean
