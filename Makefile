@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast test-all sweep bench report lint format data clean
+.PHONY: help install train test test-fast test-all sweep bench report results lint format data clean
 
 help: ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: $(BENCH_STAMP) ## every benchmark (norms, framework, virtual devices, Pre
 
 report: $(STAMP) ## table + plots of a sweep folder: make report ARGS=multirun/<date>/<time>
 	$(BIN)/python scripts/report.py $(ARGS)
+
+results: $(STAMP) ## regenerate docs/results.md from the published sweep folders (scripts/results.py)
+	$(BIN)/python scripts/results.py $(ARGS)
 
 data: $(STAMP) ## unpack the shared CIFAR-10 JPEGs into .cache/data
 	$(BIN)/python -m normlab.data.shared

@@ -87,11 +87,11 @@ def test_claims_agree_disagree_or_are_not_measured() -> None:
 def test_divergence_claim_and_negated_selector() -> None:
     frame = pd.DataFrame(
         [
-            {"norm": "none", "lr": 0.1, "status": "diverged", "val_acc": None},
-            {"norm": "none", "lr": 0.1, "status": "diverged", "val_acc": None},
-            {"norm": "bn", "lr": 0.1, "status": "completed", "val_acc": 0.9},
-            {"norm": "bn", "lr": 0.0001, "status": "completed", "val_acc": 0.5},
-            {"norm": "none", "lr": 0.0001, "status": "completed", "val_acc": 0.52},
+            {"norm": "none", "base_lr": 0.1, "status": "diverged", "val_acc": None},
+            {"norm": "none", "base_lr": 0.1, "status": "diverged", "val_acc": None},
+            {"norm": "bn", "base_lr": 0.1, "status": "completed", "val_acc": 0.9},
+            {"norm": "bn", "base_lr": 0.0001, "status": "completed", "val_acc": 0.5},
+            {"norm": "none", "base_lr": 0.0001, "status": "completed", "val_acc": 0.52},
         ]
     )
     verdicts = [v.outcome for v in check_claims(frame, "understanding_bn")]

@@ -171,6 +171,11 @@ def run_axes(cfg: DictConfig) -> RunResult:
         "seed": int(cfg.seed),
         "devices": devices if isinstance(devices, int) else str(devices),
         "norm_weight_decay": str(cfg.optim.get("norm_weight_decay", False)).lower(),
+        "base_lr": float(cfg.optim.lr),
+        "precise_bn_samples": int(cfg.precise_bn.num_samples),
+        "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),
+        "eval_stats": str(cfg.eval_stats),
+        "eval_alpha": float(cfg.eval_alpha),
         "preset": cfg.get("preset"),
         "overrides": job_overrides(),
     }

@@ -34,7 +34,7 @@ AXIS_NAMES = {
     "eval_stats": "eval statistics",
     "eval_alpha": "eval alpha",
     "norm_weight_decay": "γ/β decay",
-    "lr": "lr",
+    "base_lr": "lr (optim.lr)",
     "model": "model",
     "data": "data",
 }
@@ -54,12 +54,14 @@ class SweepReport:
 
 def swept_axes(frame: pd.DataFrame) -> list[str]:
     """The run axes whose value differs between runs (the seed aside), in table order; `norm`
-    always, so a one-norm sweep still names its method."""
+    always, so a one-norm sweep still names its method. Derived values (the scaled lr, the
+    global batch) are not axes: they follow from the axes."""
     axes = []
     for axis in AXIS_NAMES:
         if axis not in frame:
             continue
-        if axis == "norm" or frame[axis].map(axis_label).nunique() > 1:
+        # A run that has not finished may lack the axes written at its end: only values decide.
+        if axis == "norm" or frame[axis].dropna().map(axis_label).nunique() > 1:
             axes.append(axis)
     return axes
 

@@ -45,6 +45,7 @@ class RunResult(TypedDict, total=False):
     seed: Column[int]
     momentum: Column[float | None]  # the norm's, None for a norm without one
     norm_weight_decay: str  # optim.norm_weight_decay: false, true or toward_one
+    base_lr: float  # optim.lr: the rate at optim.ref_batch_size, before the scaling rule
     preset: Column[str | None]  # conf/experiment/<preset>.yaml that set this job, if any
     overrides: list[str]  # the job's command-line overrides (a re-run sweep checks them)
     devices: int | str  # trainer.devices as given
