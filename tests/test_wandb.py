@@ -38,3 +38,20 @@ def test_online_without_key_warns_once_and_trains(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("normlab: warning: W&B disabled") == 1
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
+
+
+def test_tags_carry_every_swept_axis_and_the_group_names_the_preset() -> None:
+    from normlab.wandb_logging import run_tags, sweep_group
+    from tests.helpers import compose_config
+
+    cfg = compose_config(["experiment=rethinking_ema", "seed=2", "precise_bn.num_samples=2000"])
+    tags = run_tags(cfg, ["norm.momentum=0.01", "+callbacks.extra.x._target_=" + "a" * 80])
+    for tag in (
+        "preset=rethinking_ema",
+        "seed=2",
+        "precise_bn.num_samples=2000",
+        "norm.momentum=0.01",
+    ):
+        assert tag in tags
+    assert all(len(t) <= 64 for t in tags) and len(tags) == len(set(tags))
+    assert sweep_group(Path("unused"), "rethinking_ema") is None  # not inside a Hydra multirun

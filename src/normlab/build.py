@@ -24,6 +24,7 @@ from normlab.data import ImageDataModule, build_datamodule
 from normlab.environment import (
     check_devices,
     cluster_plugins,
+    job_overrides,
     process_rank,
     trainer_args,
     world_size,
@@ -179,15 +180,6 @@ def run_axes(cfg: DictConfig) -> RunResult:
         "preset": cfg.get("preset"),
         "overrides": job_overrides(),
     }
-
-
-def job_overrides() -> list[str]:
-    """This job's command-line overrides as Hydra passed them (empty outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return [str(o) for o in HydraConfig.get().overrides.task]
 
 
 def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:

@@ -116,3 +116,12 @@ def cluster_plugins() -> list[Any]:
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     return [SLURMEnvironment(auto_requeue=False)]
+
+
+def job_overrides() -> list[str]:
+    """This job's command-line overrides as Hydra passed them (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]

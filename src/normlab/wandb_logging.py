@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from normlab.environment import job_overrides
 from normlab.results import redact
 
 RUN_ID_FILE = "wandb_id.txt"
@@ -57,24 +58,41 @@ def run_id(output_dir: Path) -> str:
     return new_id
 
 
-def sweep_group(output_dir: Path) -> str | None:
-    """One group per sweep: the sweep folder's name in a multirun, None for a single run."""
+def sweep_group(output_dir: Path, preset: str | None = None) -> str | None:
+    """One group per sweep: the sweep folder's name in a multirun, after the preset's name
+    when a paper preset made it (`gn_batch_size-<sweep>`); None for a single run."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).name
+        sweep = Path(HydraConfig.get().sweep.dir).name
+        return f"{preset}-{sweep}" if preset else sweep
     return None
 
 
-def run_tags(cfg: DictConfig) -> list[str]:
-    """Tags from the sweep axes: norm, batch size, model, data."""
-    return [
+MAX_TAG = 64  # W&B refuses longer tags
+
+
+def run_tags(cfg: DictConfig, overrides: list[str] | None = None) -> list[str]:
+    """Tags from the run axes (norm, batch size, model, data, seed, the statistics settings)
+    and every override of the job, so each swept axis can be filtered on."""
+    tags = [
         f"norm={cfg.norm.name}",
         f"batch_size={cfg.batch_size}",
         f"model={cfg.model.name}",
         f"data={cfg.data.name}",
+        f"seed={cfg.seed}",
+        f"virtual_devices={cfg.get('virtual_devices', 1)}",
+        f"momentum={cfg.norm.get('momentum')}",
+        f"precise_bn.num_samples={cfg.precise_bn.num_samples}",
+        f"frozen_bn.last_epochs={cfg.frozen_bn.last_epochs}",
+        f"eval_stats={cfg.eval_stats}",
+        f"eval_alpha={cfg.eval_alpha}",
     ]
+    if cfg.get("preset"):
+        tags.append(f"preset={cfg.preset}")
+    tags += [o.lstrip("+~") for o in overrides or []]
+    return list(dict.fromkeys(t[:MAX_TAG] for t in tags))
 
 
 def wandb_mode(logger_cfg: DictConfig) -> str:
@@ -106,8 +124,8 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> Any | None:
         logger = WandbLogger(
             project=logger_cfg.get("project") or "normlab",
             entity=logger_cfg.get("entity"),
-            group=logger_cfg.get("group") or sweep_group(output_dir),
-            tags=run_tags(cfg),
+            group=logger_cfg.get("group") or sweep_group(output_dir, cfg.get("preset")),
+            tags=run_tags(cfg, job_overrides()),
             save_dir=str(output_dir),
             id=run_id(output_dir),
             resume="allow",
