@@ -141,3 +141,24 @@ def test_optimizer_step_hooks_are_found_once() -> None:
     assert len(hooks) == 1
     hooks[0]()
     assert inner.calls == 1
+
+
+class CountsSteps(nn.Linear):
+    """A layer with a window of past steps, as CBN: it must hear of every optimizer step once."""
+
+    def __init__(self) -> None:
+        super().__init__(6, 3)
+        self.steps_heard = 0
+
+    def on_optimizer_step(self) -> None:
+        self.steps_heard += 1
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_stateful_layers_hear_of_each_optimizer_step_once(accumulate: int) -> None:
+    model = CountsSteps()
+    module = Classifier(model, 3, OPTIM, SCHED, lr=0.1)
+    trainer = _trainer(max_epochs=2, accumulate_grad_batches=accumulate)
+    trainer.fit(module, train_dataloaders=_data(6))
+    assert trainer.global_step == 12 // accumulate
+    assert model.steps_heard == trainer.global_step

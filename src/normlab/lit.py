@@ -92,6 +92,7 @@ class Classifier(L.LightningModule):
         self._summed = 0  # losses in _loss_sum
         self._samples = 0  # training samples this epoch
         self._step_hooks: list[Callable[[], None]] = []
+        self._steps_notified = 0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -102,6 +103,7 @@ class Classifier(L.LightningModule):
         # optimizer and the non-finite check read it as AMP's found_inf
         self._bad = self._bad.float()
         self._step_hooks = optimizer_step_hooks(self.model)
+        self._steps_notified = self.global_step  # resumed runs start at their step
         for optimizer in self.trainer.optimizers:
             guard_optimizer(optimizer, self._bad)
         size = self.trainer.log_every_n_steps or 50  # log_every_n_steps=0: read back every 50
@@ -152,14 +154,11 @@ class Classifier(L.LightningModule):
                 grads, self._bad, self._bad.new_ones(1)
             )
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step (skipped on the device after divergence), then tell stateful layers (CBN's
-        window) that an optimizer step happened."""
-        super().optimizer_step(*args, **kwargs)
-        for hook in self._step_hooks:
-            hook()
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step != self._steps_notified:  # an optimizer step ended this batch
+            self._steps_notified = self.global_step  # (not so while accumulating gradients)
+            for hook in self._step_hooks:  # stateful layers (CBN's window) learn of it
+                hook()
         every = self.trainer.log_every_n_steps
         last = batch_idx + 1 >= self.trainer.num_training_batches
         if (
