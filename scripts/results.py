@@ -39,7 +39,22 @@ GPU = (
 SECTIONS = [
     Section(
         name="gn_batch_size",
-        title="GN paper, Table 2: BN and GN across the per-device batch (GPU)",
+        title="GN paper, Table 2: BN and GN at a per-device batch of 32 and 2 (CPU)",
+        sweep="multirun/cpu_gn_batch_size",
+        command=(
+            "python train.py -m experiment=gn_batch_size norm=bn,gn batch_size=32,2 "
+            "data.train_samples=2000 data.val_samples=2000 trainer.max_epochs=5 "
+            "hydra.sweep.dir=multirun/cpu_gn_batch_size"
+        ),
+        budget=(
+            "ResNet-20, 8 virtual devices, a 2,000-image training subset and 2,000 test "
+            "images, 5 epochs; 3 seeds"
+        ),
+        machine=CPU,
+    ),
+    Section(
+        name="gn_batch_size_gpu",
+        title="GN paper, Table 2: BN and GN at 32, 8 and 2 per device, larger runs (GPU)",
         sweep="multirun/gpu_gn_batch_size",
         command=(
             "python train.py experiment=gn_batch_size trainer=gpu threads=2 norm=<bn|gn> "
