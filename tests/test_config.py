@@ -223,3 +223,10 @@ def test_keys_of_open_groups_are_type_checked_against_their_file(
     Lightning), so their overrides are checked against the chosen file's values."""
     found = check_config_overrides(overrides, CONF_DIR)
     assert (found is None) if message is None else (found is not None and message in found)
+
+
+def test_a_value_given_to_a_group_of_keys_names_its_keys() -> None:
+    """precise_bn=1000 and debug=fdr crashed deep inside the run ('str' has no attribute 'get')."""
+    message = check_config_overrides(["precise_bn=1000"], CONF_DIR)
+    assert message is not None and "precise_bn is a group of keys" in message
+    assert "num_samples" in message and "\n" not in message

@@ -3,6 +3,7 @@ failed jobs recorded without stopping a sweep."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import secrets
@@ -218,6 +219,12 @@ def _value_error(error: Any, context: str) -> str:
     else:
         node = node if node is not None else parent
         declared = getattr(getattr(node, "_metadata", None), "ref_type", None)
+    if dataclasses.is_dataclass(declared) and isinstance(error.full_key, str):
+        keys = ", ".join(f.name for f in dataclasses.fields(declared))
+        return (
+            f"{error.full_key} is a group of keys, not a value: set one of them, "
+            f"{error.full_key}.<key>=... ({keys})"
+        )
     kind = _kind(declared)
     if kind is None or not isinstance(error.full_key, str):
         return f"{context}: {str(error).splitlines()[0]}"
