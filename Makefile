@@ -64,13 +64,13 @@ data: $(STAMP) ## unpack the shared CIFAR-10 JPEGs into .cache/data
 	$(BIN)/python -m normlab.data.shared
 
 lint: $(STAMP) ## ruff check + format check + generated norm configs and README table up to date
-	$(BIN)/ruff check src tests scripts train.py
-	$(BIN)/ruff format --check src tests scripts train.py
+	$(BIN)/ruff check src tests scripts train.py eval.py
+	$(BIN)/ruff format --check src tests scripts train.py eval.py
 	$(BIN)/python -m normlab.norms.catalog
 
 format: $(STAMP) ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix src tests scripts train.py
-	$(BIN)/ruff format src tests scripts train.py
+	$(BIN)/ruff check --fix src tests scripts train.py eval.py
+	$(BIN)/ruff format src tests scripts train.py eval.py
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache

@@ -135,10 +135,16 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.train_set, step, train=True)
 
     def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(
+            self.options.eval_batch_size or max(self.options.batch_size, 128)
+        )
+
+    def eval_dataloader(self, batch_size: int) -> DataLoader:
+        """The validation set in order, in batches of `batch_size` (the last one may be
+        smaller): what batch statistics at inference depend on."""
         self.setup()
         assert self.val_set is not None
-        batch = self.options.eval_batch_size or max(self.options.batch_size, 128)
-        return self._loader(self.val_set, batch, train=False)
+        return self._loader(self.val_set, batch_size, train=False)
 
 
 class InMemoryDataModule(ImageDataModule):

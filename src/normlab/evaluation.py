@@ -1,0 +1,189 @@
+"""Evaluate a trained checkpoint under every way of getting population statistics.
+
+Rethinking BN's view: the population statistics are a phase of their own, after SGD. One
+checkpoint is evaluated with its EMA buffers, with PreciseBN statistics over several sample
+counts, with each evaluation batch's own statistics at several batch sizes, with
+example-weighed inference (alpha), and on a shifted domain with the source and re-estimated
+statistics; one row per choice, all from the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from normlab.build import build_run, build_target_domain
+from normlab.norms.population import population_layers
+from normlab.results import RESULTS_FILE, redact
+from normlab.stats.callbacks import set_eval_alpha, training_loader
+from normlab.stats.evaluate import (
+    accuracy_with_batch_stats,
+    domain_shift_accuracy,
+    evaluate_accuracy,
+)
+from normlab.stats.precise_bn import update_population_stats
+
+EVAL_FILE = "eval_results.json"
+
+
+@dataclass
+class EvalChoices:
+    """What to evaluate: PreciseBN sample counts, batch sizes for batch statistics at inference,
+    example-weighing alphas, and a corruption for the shifted domain ('' for none)."""
+
+    precise_bn_samples: list[int] = field(default_factory=lambda: [1000, 10000])
+    batch_sizes: list[int] = field(default_factory=list)  # empty: the run's batch_size
+    alphas: list[float] = field(default_factory=lambda: [0.1, 0.25])
+    corruption: str = ""
+    shift_samples: int = 10000
+
+
+def run_folder_config(ckpt_path: Path) -> tuple[Path, DictConfig]:
+    """The run folder of a checkpoint (<run>/checkpoints/<name>.ckpt) and its resolved config."""
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    run_dir = ckpt_path.resolve().parent.parent
+    config = run_dir / "config_resolved.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{config} not found: eval.py evaluates checkpoints of normlab run folders "
+            "(<run>/checkpoints/*.ckpt beside <run>/config_resolved.yaml)"
+        )
+    return run_dir, OmegaConf.load(config)  # type: ignore[return-value]
+
+
+def eval_config(cfg: DictConfig) -> DictConfig:
+    """The run's config for evaluation only: no logger, no checkpoints, no resume, no PreciseBN
+    inside the trainer, one CPU process unless the run used a GPU that is still there."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available()
+    cfg.trainer = {"accelerator": "gpu" if gpu else "cpu", "devices": 1, "max_epochs": 1}
+    cfg.logger = {"csv": False, "wandb": False}
+    cfg.callbacks.checkpoint.enabled = False
+    cfg.callbacks.progress = "none"
+    cfg.callbacks.extra = {}
+    cfg.resume, cfg.ckpt_path = False, None
+    cfg.precise_bn.num_samples = 0
+    cfg.diagnostics.every_n_epochs = 0
+    cfg.frozen_bn.last_epochs = 0
+    return cfg
+
+
+def evaluate_checkpoint(
+    ckpt_path: Path, choices: EvalChoices, out_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every choice's validation accuracy for one checkpoint; written to <run>/eval/."""
+    run_dir, saved_cfg = run_folder_config(ckpt_path)
+    cfg = eval_config(saved_cfg)
+    out_dir = out_dir or run_dir / "eval"
+    run = build_run(cfg, out_dir)
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+        run.module.load_state_dict(state)
+        device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+        model = run.module.model.to(device)
+        rows = _evaluate(cfg, run, model, device, choices)
+    finally:
+        run.close(failed=False)
+    axes = _run_axes(run_dir)
+    rows = [{**axes, "checkpoint": str(ckpt_path), **row} for row in rows]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / EVAL_FILE).write_text(json.dumps(redact(rows), indent=1) + "\n")
+    return rows
+
+
+def _run_axes(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text())
+    keys = ("norm", "batch_size", "virtual_devices", "model", "data", "seed", "preset")
+    return {k: results.get(k) for k in keys}
+
+
+def _evaluate(
+    cfg: DictConfig, run: Any, model: torch.nn.Module, device: torch.device, choices: EvalChoices
+) -> list[dict[str, Any]]:
+    datamodule = run.datamodule
+    val = list(datamodule.val_dataloader())
+    layers = population_layers(model)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    rows: list[dict[str, Any]] = [
+        {"statistics": "ema", "val_acc": evaluate_accuracy(model, val, device)}
+    ]
+    if not layers:
+        return rows  # a batch-independent norm: every other choice is the same network
+    available = len(datamodule.train_set)
+    for samples in choices.precise_bn_samples:
+        count = min(int(samples), available)
+        loader = training_loader(datamodule, int(cfg.precise_bn.batch_size), int(cfg.seed))
+        update_population_stats(model, loader, count)
+        rows.append(
+            {
+                "statistics": "precise_bn",
+                "samples": count,
+                "val_acc": evaluate_accuracy(model, val, device),
+            }
+        )
+        model.load_state_dict(saved)
+    for batch_size in choices.batch_sizes or [int(cfg.batch_size)]:
+        batches = list(datamodule.eval_dataloader(int(batch_size)))
+        rows.append({"statistics": "batch", "eval_batch_size": int(batch_size),
+                     "val_acc": accuracy_with_batch_stats(model, batches, device)})  # fmt: skip
+    capable = [layer for layer in layers if layer.supports_eval_alpha]
+    if capable:
+        for alpha in choices.alphas:
+            for layer in capable:
+                set_eval_alpha(layer, float(alpha))
+            rows.append(
+                {
+                    "statistics": "ema",
+                    "eval_alpha": float(alpha),
+                    "val_acc": evaluate_accuracy(model, val, device),
+                }
+            )
+            for layer in capable:
+                set_eval_alpha(layer, 0.0)
+    if choices.corruption:
+        shift_cfg = OmegaConf.merge(
+            cfg, {"precise_bn": {"data": {"corruption": choices.corruption}}}
+        )
+        target = build_target_domain(shift_cfg, datamodule)
+        assert target is not None
+        shift = domain_shift_accuracy(
+            model,
+            target,
+            choices.shift_samples,
+            int(cfg.precise_bn.batch_size),
+            int(cfg.seed),
+            device,
+        )
+        rows.append(
+            {
+                "statistics": "ema",
+                "domain": choices.corruption,
+                "val_acc": shift["target_acc_source_stats"],
+            }
+        )
+        rows.append({"statistics": "re-estimated", "domain": choices.corruption,
+                     "samples": shift["target_stat_samples"], "val_acc": shift["target_acc_target_stats"]})  # fmt: skip
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table (choice columns, accuracy in %)."""
+    keys = ["statistics", "samples", "eval_batch_size", "eval_alpha", "domain"]
+    lines = [
+        f"{'statistics':<14}{'samples':>9}{'eval batch':>11}{'alpha':>7}  {'domain':<16}{'val acc %':>10}"
+    ]
+    for row in rows:
+        cells = [str(row.get(k, "")) if row.get(k) is not None else "" for k in keys]
+        lines.append(
+            f"{cells[0]:<14}{cells[1]:>9}{cells[2]:>11}{cells[3]:>7}  {cells[4]:<16}{100 * row['val_acc']:>10.2f}"
+        )
+    return "\n".join(lines)

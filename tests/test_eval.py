@@ -1,0 +1,86 @@
+"""eval.py: one checkpoint evaluated under every population-statistics choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from normlab.evaluation import EVAL_FILE, EvalChoices, evaluate_checkpoint
+from normlab.train import run
+from tests.helpers import compose_config
+
+TINY = ["trainer.max_epochs=1", "data.train_samples=256", "data.val_samples=128", "batch_size=16",
+        "trainer.num_sanity_val_steps=0", "callbacks.progress=none", "print_config=false", "logger=none"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("run")
+    threads = torch.get_num_threads()
+    results = run(
+        compose_config([*TINY, "norm=batch_group", "norm.groups=4", "eval_batch_size=64"]), folder
+    )
+    torch.set_num_threads(threads)
+    return folder, results
+
+
+def test_every_choice_is_a_row_and_the_ema_row_is_the_runs_own_accuracy(
+    trained: tuple[Path, dict],
+) -> None:
+    folder, results = trained
+    choices = EvalChoices(precise_bn_samples=[64, 256], batch_sizes=[4, 64], alphas=[0.5],
+                          corruption="gaussian_noise", shift_samples=128)  # fmt: skip
+    rows = evaluate_checkpoint(folder / "checkpoints" / "last.ckpt", choices)
+    kinds = [
+        (
+            r["statistics"],
+            r.get("samples"),
+            r.get("eval_batch_size"),
+            r.get("eval_alpha"),
+            r.get("domain"),
+        )
+        for r in rows
+    ]
+    assert kinds == [
+        ("ema", None, None, None, None),
+        ("precise_bn", 64, None, None, None),
+        ("precise_bn", 256, None, None, None),
+        ("batch", None, 4, None, None),
+        ("batch", None, 64, None, None),
+        ("ema", None, None, 0.5, None),
+        ("ema", None, None, None, "gaussian_noise"),
+        ("re-estimated", 128, None, None, "gaussian_noise"),
+    ]
+    assert rows[0]["val_acc"] == pytest.approx(
+        results["val_acc"], abs=1e-6
+    )  # same weights, same buffers
+    assert rows[0]["norm"] == "batch_group" and rows[0]["seed"] == 0
+    assert json.loads((folder / "eval" / EVAL_FILE).read_text()) == json.loads(json.dumps(rows))
+
+
+def test_eval_entry_prints_the_table_and_refuses_a_stray_file(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    folder, _ = trained
+    ok = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}",
+                         "precise_bn_samples=[64]", "alphas=[]"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "precise_bn" in ok.stdout and "val acc %" in ok.stdout
+    stray = tmp_path / "model.ckpt"
+    stray.write_bytes(b"")
+    bad = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"ckpt_path={stray}"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert (
+        bad.returncode == 1
+        and "config_resolved.yaml not found" in bad.stderr
+        and bad.stderr.count("\n") == 1
+    )
+    unknown = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), "ckpt_path=x", "alhpas=[1]"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert unknown.returncode == 2 and "alhpas" in unknown.stderr and "alphas" in unknown.stderr
