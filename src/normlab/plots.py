@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from normlab.aggregate import axis_label, seed_summary  # noqa: E402
 
@@ -90,6 +91,7 @@ def plot_accuracy_by_epoch(frame: pd.DataFrame, path: Path, series: Sequence[str
         mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0).to_numpy()
         (line,) = ax.plot(epochs, mean, marker=".", label=series_name(key, series))
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("val accuracy (%)")
     _finish(fig, ax, path)
