@@ -61,26 +61,31 @@ def test_every_choice_is_a_row_and_the_ema_row_is_the_runs_own_accuracy(
     assert json.loads((folder / "eval" / EVAL_FILE).read_text()) == json.loads(json.dumps(rows))
 
 
-def test_eval_entry_prints_the_table_and_refuses_a_stray_file(
-    trained: tuple[Path, dict], tmp_path: Path
+def test_eval_entry_prints_the_table_and_refuses_bad_input(
+    trained: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import runpy
     import subprocess
     import sys
 
     from tests.helpers import REPO_ROOT
 
     folder, _ = trained
-    ok = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}",
-                         "precise_bn_samples=[64]", "alphas=[]"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    args = [f"ckpt_path={ckpt}", "precise_bn_samples=[64]", "alphas=[]"]
+    ok = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), *args], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "precise_bn" in ok.stdout and "val acc %" in ok.stdout
+    entry = runpy.run_path(str(REPO_ROOT / "eval.py"))["main"]
     stray = tmp_path / "model.ckpt"
     stray.write_bytes(b"")
-    bad = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"ckpt_path={stray}"], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert (
-        bad.returncode == 1
-        and "config_resolved.yaml not found" in bad.stderr
-        and bad.stderr.count("\n") == 1
-    )
-    unknown = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), "ckpt_path=x", "alhpas=[1]"], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert unknown.returncode == 2 and "alhpas" in unknown.stderr and "alphas" in unknown.stderr
+    for argv, code, words in [
+        ([f"ckpt_path={stray}"], 1, ["config_resolved.yaml not found"]),
+        (["ckpt_path=x", "alhpas=[1]"], 2, ["alhpas", "alphas"]),
+        (["alphas=[1]"], 2, ["ckpt_path=", "is required"]),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            entry(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == code and err.count("\n") == 1, err
+        assert all(w in err for w in words), err
