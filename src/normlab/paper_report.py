@@ -111,7 +111,10 @@ def table(report: SweepReport) -> pd.DataFrame:
             entry["top-1 % (paper)"] = f"{published.accuracy:.1f}" if published else ""
             entry["paper source"] = f"{published.paper}: {published.source}" if published else ""
         rows.append(entry)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if report.preset and not frame.empty and not frame["top-1 % (paper)"].astype(bool).any():
+        frame = frame.drop(columns=["top-1 % (paper)", "paper source"])  # no number published
+    return frame
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
