@@ -39,7 +39,7 @@ FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stat
 	tests/test_plots.py tests/test_paper_report.py tests/test_folder_cache.py \
 	tests/test_every_option.py::test_every_option_of_every_group_builds
 
-test-fast: $(STAMP) ## in-process tests only, about 1 minute on 2 cores (no train.py subprocesses)
+test-fast: $(STAMP) ## in-process tests only, about 1.5 minutes on 2 cores (no train.py subprocesses)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(FAST_TESTS) $(ARGS)
 
 test: $(STAMP) ## the test suite CI runs (every test but the slow ones)
