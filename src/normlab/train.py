@@ -102,10 +102,6 @@ def fit_results(cfg: DictConfig, parts: Run, output_dir: Path) -> RunResult:
         "world_size": parts.world,
         "resumed_from": parts.ckpt_path,
         "num_params": sum(p.numel() for p in parts.model.parameters()),
-        "precise_bn_samples": int(cfg.precise_bn.num_samples),
-        "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),
-        "eval_stats": str(cfg.eval_stats),
-        "eval_alpha": float(cfg.eval_alpha),
     }
     diagnostics = read_diagnostics(output_dir)
     if diagnostics:
