@@ -27,6 +27,7 @@ from normlab.environment import (
     job_overrides,
     process_rank,
     trainer_args,
+    under_slurm,
     world_size,
 )
 from normlab.lit import Classifier
@@ -100,7 +101,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     )
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    callbacks = build_callbacks(cfg, output_dir, virtual, world)
+    callbacks = build_callbacks(cfg, output_dir, virtual, world, slurm=under_slurm())
     loggers = build_loggers(cfg, output_dir)
     try:
         args = trainer_args(cfg)

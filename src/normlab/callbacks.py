@@ -19,7 +19,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from normlab.data.resumable import HandBackLoaderState
 from normlab.diagnostics.callback import DiagnosticsMonitor
+from normlab.interruptions import RunClock, SignalCheckpoint
 from normlab.norms import is_norm_layer
 from normlab.norms.virtual import reconcile_virtual_ranks
 from normlab.results import RunResult
@@ -29,25 +31,36 @@ SUMMARY_FILE = ".fit_summary.json"  # FitSummary's hand-over in the run folder, 
 
 
 def build_callbacks(
-    cfg: DictConfig, output_dir: Path, virtual_devices: int = 1, world_size: int = 1
+    cfg: DictConfig,
+    output_dir: Path,
+    virtual_devices: int = 1,
+    world_size: int = 1,
+    slurm: bool = False,
 ) -> list[L.Callback]:
     """Every callback of a run, in the order Lightning calls them: throughput, metric history,
-    seeding, buffer reconciliation, the fit summary (and debug.stop_after_epochs), checkpoints,
-    the progress bar, population statistics, diagnostics, then `callbacks.extra`."""
+    seeding, buffer reconciliation, the fit summary, the run clock, cluster signals (and
+    debug.stop_after_epochs), checkpoints, the progress bar, population statistics,
+    diagnostics, then `callbacks.extra`."""
     throughput = ThroughputMonitor(int(cfg.batch_size) * virtual_devices, world_size)
     history = MetricHistory()
+    clock = RunClock()
     stop_after = cfg.get("debug", {}).get("stop_after_epochs")
-    stopper = StopAfterEpochs(int(stop_after)) if stop_after else None
+    ckpt = cfg.callbacks.checkpoint
+    saving = ckpt.get("enabled", True) and ckpt.get("save_last", True)
+    signals = SignalCheckpoint(output_dir / "checkpoints" / "last.ckpt" if saving else None, slurm)
+    stoppers: list[StopAfterEpochs | SignalCheckpoint] = [signals]
+    if stop_after:
+        stoppers.append(StopAfterEpochs(int(stop_after)))
     callbacks: list[L.Callback] = [
         throughput,
         history,
         EpochSeeding(int(cfg.seed)),
         ReconcileNormBuffers(),
-        FitSummary(output_dir / SUMMARY_FILE, history, throughput, stopper),
+        FitSummary(output_dir / SUMMARY_FILE, history, throughput, stoppers, clock),
+        clock,
+        HandBackLoaderState(),
+        *stoppers,
     ]
-    if stopper is not None:
-        callbacks.append(stopper)
-    ckpt = cfg.callbacks.checkpoint
     if ckpt.get("enabled", True):
         callbacks.extend(checkpoint_callbacks(output_dir / "checkpoints", ckpt))
     bar = progress_bar(str(cfg.callbacks.get("progress", "rich")))
@@ -354,12 +367,14 @@ class FitSummary(L.Callback):
         path: Path,
         history: MetricHistory,
         throughput: ThroughputMonitor,
-        stopper: StopAfterEpochs | None = None,
+        stoppers: list[StopAfterEpochs | SignalCheckpoint],
+        clock: RunClock,
     ) -> None:
         self.path = path
         self.history = history
         self.throughput = throughput
-        self.stopper = stopper
+        self.stoppers = stoppers
+        self.clock = clock
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
@@ -373,8 +388,10 @@ class FitSummary(L.Callback):
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
             "train_images_per_s": self.throughput.images_per_second,
+            "attempts": self.clock.attempt,
+            "earlier_attempts_s": round(self.clock.earlier_s, 3),
         }
-        interrupted = bool(self.stopper and self.stopper.interrupted)
+        interrupted = any(stopper.interrupted for stopper in self.stoppers)
         self.path.write_text(
             json.dumps({"result": result, "interrupted": interrupted}, allow_nan=True)
         )

@@ -20,6 +20,14 @@ def under_slurm() -> bool:
     return "SLURM_JOB_ID" in os.environ
 
 
+def slurm_job_id() -> str:
+    """This SLURM job's id as sacct and squeue show it (<array id>_<task> for an array job)."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
 def slurm_tasks() -> int:
     """Tasks of this SLURM job step (1 outside SLURM): each task is one rank."""
     return int(os.environ.get("SLURM_NTASKS", "1"))

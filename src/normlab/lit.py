@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from normlab.optim import DecayTargets, build_optimizer, lr_lambda
 
+EPOCH_SO_FAR = "normlab_epoch_so_far"  # checkpoint key: the running epoch's loss and accuracy sums
+
 
 def guard_optimizer(optimizer: torch.optim.Optimizer, found_inf: Tensor) -> None:
     """Make `optimizer` skip its whole update (weights, momentum) whenever `found_inf` is 1.
@@ -93,6 +95,7 @@ class Classifier(L.LightningModule):
         self._samples = 0  # training samples this epoch
         self._step_hooks: list[Callable[[], None]] = []
         self._steps_notified = 0
+        self._epoch_so_far: dict[str, Any] | None = None  # from a checkpoint, until training
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -109,11 +112,37 @@ class Classifier(L.LightningModule):
         size = self.trainer.log_every_n_steps or 50  # log_every_n_steps=0: read back every 50
         if self._window.numel() < size:
             self._window = torch.zeros(size, device=self._bad.device)
+        self._resume_epoch_means()
 
     def on_train_epoch_start(self) -> None:
         self._filled, self._window_start = 0, self.global_step
         self._loss_sum, self._summed, self._samples = 0.0, 0, 0
         self._correct.zero_()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The epoch's running means so far: a run resumed from a mid-epoch checkpoint (a
+        # cluster's warning signal) ends the epoch with the means an uninterrupted run has.
+        self._read_back(log_step=False)
+        checkpoint[EPOCH_SO_FAR] = {
+            "loss_sum": self._loss_sum,
+            "summed": self._summed,
+            "samples": self._samples,
+            "correct": int(self._correct.item()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._epoch_so_far = checkpoint.get(EPOCH_SO_FAR)
+
+    def _resume_epoch_means(self) -> None:
+        """Continue the means of a checkpoint's unfinished epoch (Lightning calls no
+        on_train_epoch_start when it resumes mid-epoch; a fresh epoch resets them there)."""
+        state, self._epoch_so_far = self._epoch_so_far, None
+        if state is None:
+            return
+        self._loss_sum, self._summed = float(state["loss_sum"]), int(state["summed"])
+        self._samples = int(state["samples"])
+        self._correct.fill_(int(state["correct"]))
+        self._window_start = self.global_step
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int

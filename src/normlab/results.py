@@ -62,7 +62,10 @@ class RunResult(TypedDict, total=False):
     train_loss: Column[float | None]  # mean of the last epoch
     epochs: Column[int]
     steps: Column[int]
-    wall_s: Column[float]  # the whole job, construction included
+    wall_s: Column[float]  # the whole job, construction and earlier attempts included
+    attempts: int  # 1, plus one per requeue or re-run this job resumed through
+    earlier_attempts_s: float  # earlier attempts' time up to the checkpoint resumed from
+    slurm_job_id: Sometimes[str]  # a job SLURM ran: its id (array jobs: <array>_<task>)
     train_images_per_s: Column[float | None]
     val_acc5: float | None  # above 10 classes
     diverged: bool

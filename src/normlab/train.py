@@ -16,7 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.build import Run, build_run, run_axes
 from normlab.callbacks import SUMMARY_FILE, read_fit_summary
 from normlab.console import print_config
-from normlab.environment import check_devices, device_count, effective_strategy, process_rank
+from normlab.environment import (
+    check_devices,
+    device_count,
+    effective_strategy,
+    process_rank,
+    slurm_job_id,
+    under_slurm,
+)
 from normlab.results import USER_ERRORS, RunResult, redact, write_results
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
@@ -31,7 +38,10 @@ def run(cfg: DictConfig, output_dir: Path) -> RunResult:
     primary = process_rank() == 0
     output_dir.mkdir(parents=True, exist_ok=True)
     results: RunResult = {"status": "running", **run_axes(cfg), "output_dir": str(output_dir)}
+    if under_slurm():
+        results["slurm_job_id"] = slurm_job_id()
     if primary:
+        (output_dir / "error.log").unlink(missing_ok=True)  # an earlier attempt's
         write_results(output_dir, results)
     parts: Run | None = None
     try:
@@ -69,7 +79,7 @@ def run(cfg: DictConfig, output_dir: Path) -> RunResult:
     finally:
         if parts is not None:
             parts.close(failed=results["status"] == "failed")
-        results["wall_s"] = round(time.time() - start, 3)
+        results["wall_s"] = round(time.time() - start + results.get("earlier_attempts_s", 0), 3)
         if primary:
             write_results(output_dir, results)
     return results

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from normlab.data.corruptions import corrupt
+from normlab.data.resumable import ResumableLoader
 from normlab.data.samplers import VirtualRankSampler
 from normlab.data.tensors import (
     NormalizeCollate,
@@ -117,7 +118,9 @@ class ImageDataModule(L.LightningDataModule):
         # The shuffle order comes from the train sampler and the loader's own generator (worker
         # base seeds) never touches the global RNG, which normlab reseeds every epoch for the
         # augmentations: with num_workers=0 a resumed run replays batches exactly.
-        return DataLoader(
+        # The training loader resumes mid-epoch from a cluster's checkpoint (ResumableLoader).
+        loader = ResumableLoader if train else DataLoader
+        return loader(
             dataset,
             batch_size=batch_size,
             sampler=self.train_sampler(dataset) if train else None,

@@ -1,0 +1,164 @@
+"""A cluster's warning signals: a checkpoint at the end of the running batch, then go on,
+requeue or stop, and a run resumed from that mid-epoch checkpoint ends exactly where an
+uninterrupted run ends (normlab.interruptions, normlab.data.resumable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+import normlab.build
+from normlab.interruptions import REQUEUE, SignalCheckpoint
+from normlab.train import run
+from tests.helpers import compose_config
+
+# 4 steps per epoch, 2 epochs; the signal arrives during step 5 (epoch 1, its second batch)
+SMALL = [
+    "trainer.max_epochs=2",
+    "data.train_samples=128",
+    "data.val_samples=64",
+    "trainer.num_sanity_val_steps=0",
+    "batch_size=32",
+    "logger=csv",
+    "callbacks.progress=none",
+    "print_config=false",
+    "threads=1",
+]
+SIGNAL_STEP = 5
+
+
+class SendSignal(L.Callback):
+    """Sends `signum` to this process when the training batch of `step` starts."""
+
+    def __init__(self, signum: int, step: int = SIGNAL_STEP) -> None:
+        self.signum, self.step = signum, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def _train(tmp_path: Path, name: str, signum: int | None = None) -> dict[str, Any]:
+    extra = []
+    if signum is not None:
+        extra = [
+            f"+callbacks.extra.signal._target_={__name__}.SendSignal",
+            f"+callbacks.extra.signal.signum={signum}",
+        ]
+    return dict(run(compose_config([*SMALL, *extra]), tmp_path / name))
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt["state_dict"]
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any], dir_a: Path, dir_b: Path) -> None:
+    assert (a["epochs"], a["steps"]) == (b["epochs"], b["steps"])
+    for key in ("val_acc", "val_loss", "train_loss"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    wa, wb = _weights(dir_a), _weights(dir_b)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run ('full') and one stopped by the requeue signal mid-epoch
+    ('stopped'), built as if SLURM hosted it; shared by the tests below."""
+    root = tmp_path_factory.mktemp("runs")
+    _train(root, "full")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(normlab.build, "under_slurm", lambda: True)
+        _train(root, "stopped", signal.SIGUSR2)  # submitit's signal, without submitit
+    return root
+
+
+def _read(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_requeue_signal_checkpoints_mid_epoch_and_the_resumed_run_is_exact(
+    runs: Path, tmp_path: Path
+) -> None:
+    stopped = _read(runs / "stopped")
+    assert stopped["status"] == "interrupted"
+    assert stopped["steps"] == SIGNAL_STEP + 1, "checkpoint at the end of the signalled batch"
+    shutil.copytree(runs / "stopped", tmp_path / "resumed")
+    ckpt = torch.load(
+        tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert ckpt["global_step"] == SIGNAL_STEP + 1 and ckpt["epoch"] == 1
+
+    resumed = _train(tmp_path, "resumed")  # the same folder: resumes from last.ckpt
+    assert resumed["status"] == "completed" and resumed["attempts"] == 2
+    assert resumed["earlier_attempts_s"] > 0
+    assert resumed["wall_s"] > resumed["earlier_attempts_s"]
+    _same_run(_read(runs / "full"), resumed, runs / "full", tmp_path / "resumed")
+    assert len(resumed["history"]) == 2
+
+
+def test_mid_epoch_checkpoint_resumes_exactly_from_another_folder(
+    runs: Path, tmp_path: Path
+) -> None:
+    """ckpt_path=<a mid-epoch checkpoint> in a new folder continues it exactly."""
+    cfg = compose_config([*SMALL, f"ckpt_path={runs / 'stopped' / 'checkpoints' / 'last.ckpt'}"])
+    resumed = dict(run(cfg, tmp_path / "elsewhere"))
+    _same_run(_read(runs / "full"), resumed, runs / "full", tmp_path / "elsewhere")
+
+
+def test_usr1_checkpoints_and_training_goes_on(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signalled = _train(tmp_path, "usr1", signal.SIGUSR1)
+    assert "SIGUSR1: checkpoint at epoch 1, step 6" in capsys.readouterr().out
+    assert signalled["status"] == "completed" and signalled["attempts"] == 1
+    _same_run(_read(runs / "full"), signalled, runs / "full", tmp_path / "usr1")
+
+
+def test_sigterm_under_slurm_checkpoints_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Preemption with a grace time: SLURM requeues the job if it still runs when the grace
+    time ends, so SIGTERM must not end it (Lightning's own handler would exit cleanly)."""
+    monkeypatch.setattr(normlab.build, "under_slurm", lambda: True)
+    signalled = _train(tmp_path, "term", signal.SIGTERM)
+    assert "SIGTERM: checkpoint at epoch 1, step 6" in capsys.readouterr().out
+    assert signalled["status"] == "completed" and signalled["epochs"] == 2
+
+
+class _FakeTrainer:
+    global_rank = 0
+    should_stop = False
+
+
+def test_a_requeue_that_slurm_already_did_exits_instead_of_failing() -> None:
+    """Preemption with the job's own signal: SLURM requeues the job, so submitit's
+    `scontrol requeue` fails ("Job is pending execution"); the job must exit for the requeue,
+    not record a failure."""
+
+    def submitit_handler(signum: int, frame: Any) -> None:
+        raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "7"])
+
+    callback = SignalCheckpoint(None, slurm=True)
+    callback.previous[signal.SIGUSR2] = submitit_handler
+    with pytest.raises(SystemExit):
+        callback._hand_over(_FakeTrainer(), signal.SIGUSR2)  # type: ignore[arg-type]
+    assert REQUEUE > 0
+
+
+def test_without_submitit_the_requeue_signal_stops_the_run() -> None:
+    callback = SignalCheckpoint(None, slurm=True)
+    callback.previous[signal.SIGUSR2] = signal.SIG_DFL
+    trainer = _FakeTrainer()
+    callback._hand_over(trainer, signal.SIGUSR2)  # type: ignore[arg-type]
+    assert trainer.should_stop and callback.interrupted
