@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast test-all sweep bench report results lint format data clean
+.PHONY: help install train test test-fast test-all test-cluster sweep bench report results lint format data clean
 
 help: ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,11 +42,17 @@ FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stat
 test-fast: $(STAMP) ## in-process tests only, about 1.5 minutes on 2 cores (no train.py subprocesses)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(FAST_TESTS) $(ARGS)
 
-test: $(STAMP) ## the test suite CI runs (every test but the slow ones)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(ARGS)
+test: $(STAMP) ## the test suite CI runs (every test but the slow and cluster ones)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not cluster" $(ARGS)
 
-test-all: $(STAMP) ## run every test, the slow ones too
-	$(BIN)/python -m pytest -q -n 2 $(ARGS)
+test-all: $(STAMP) ## run every test but the cluster ones, the slow ones too
+	$(BIN)/python -m pytest -q -n 2 -m "not cluster" $(ARGS)
+
+SLURM_LOCAL ?= ../shared/tools/slurm_local.sh
+test-cluster: $(STAMP) ## a 2-job sweep under a real SLURM, interrupted every way (starts $(SLURM_LOCAL) as root; ~15 min)
+	@if [ -f "$(SLURM_LOCAL)" ] && [ "$$(id -u)" = 0 ]; then bash $(SLURM_LOCAL) start; fi
+	SLURM_CONF=$${SLURM_CONF:-/tmp/slurm-local/etc/slurm.conf} NORMLAB_SLURM_LOCAL=$(abspath $(SLURM_LOCAL)) \
+		$(BIN)/python -m pytest -q -s -m cluster tests/cluster $(ARGS)
 
 sweep: $(STAMP) ## example multirun: BN vs GN at two batch sizes on digits
 	$(BIN)/python train.py -m norm=bn,gn batch_size=4,32 $(ARGS)

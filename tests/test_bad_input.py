@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_train
+from tests.helpers import compose_config, run_train
 
 FAST = ["trainer.max_epochs=1", "data.train_samples=64", "logger=none"]
 
@@ -50,6 +50,16 @@ def test_sweep_value_of_wrong_type_is_refused_before_any_job(tmp_path: Path) -> 
     assert _error_lines(result.stderr) == ["normlab: error: batch_size must be an integer, got 'x'"]
 
 
+def test_a_run_error_is_one_line_and_exit_1_before_training(tmp_path: Path) -> None:
+    """What every error of normlab.train.run (the cases below) looks like on the command line."""
+    result = run_train([*FAST, "norm=bn", "batch_size=1"], tmp_path)
+    assert result.returncode == 1
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1 and "cannot train with a per-device batch of 1" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no training step ran
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -64,17 +74,19 @@ def test_sweep_value_of_wrong_type_is_refused_before_any_job(tmp_path: Path) -> 
         (["precise_bn.num_samples=100"], "precise_bn.num_samples=100 exceeds the 64 training"),
     ],
 )
-def test_run_errors_are_one_line_before_training(
+def test_run_errors_are_user_errors_before_training(
     tmp_path: Path, args: list[str], expected: str
 ) -> None:
+    """Raised as a user error (printed as one line, no traceback) before any training step."""
     if "trainer=gpu" in args:
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("a GPU is visible")
-    result = run_train([*FAST, *args], tmp_path)
-    assert result.returncode == 1
-    lines = _error_lines(result.stderr)
-    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    from normlab.results import USER_ERRORS
+    from normlab.train import run
+
+    with pytest.raises(USER_ERRORS) as error:
+        run(compose_config([*FAST, *args]), tmp_path / "run")
+    assert expected in str(error.value)
     assert not (tmp_path / "run" / "checkpoints").exists()  # no training step ran

@@ -9,7 +9,7 @@ import pytest
 
 from normlab.results import RESULT_FIELDS, SOMETIMES_FIELDS
 from normlab.runtime import owned_cores
-from tests.helpers import run_train
+from tests.helpers import compose_config, run_train
 
 
 def load_results(folder: Path) -> dict:
@@ -112,12 +112,15 @@ def test_unknown_norm_exits_with_one_line(tmp_path: Path) -> None:
     assert "bn" in lines[0] and "gn" in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_bad_norm_parameter_exits_with_one_clear_line(tmp_path: Path) -> None:
-    proc = run_train(["norm=gn", "norm.groups=5"], tmp_path)
-    assert proc.returncode != 0
-    assert "normlab: error: gn: groups=5 does not divide num_channels=16" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert load_results(tmp_path / "run")["status"] == "failed"
+def test_bad_norm_parameter_is_a_user_error_recorded_failed(tmp_path: Path) -> None:
+    """A user error (one line on the command line, tests/test_bad_input.py), recorded."""
+    from normlab.results import USER_ERRORS
+    from normlab.train import run
+
+    with pytest.raises(USER_ERRORS, match="gn: groups=5 does not divide num_channels=16"):
+        run(compose_config(["norm=gn", "norm.groups=5", "logger=none"]), tmp_path / "run")
+    results = load_results(tmp_path / "run")
+    assert results["status"] == "failed" and results["bad_input"] is True
 
 
 def test_fast_dev_run_is_recorded_as_a_debug_run(tmp_path: Path) -> None:

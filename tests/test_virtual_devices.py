@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from normlab.data.samplers import VirtualRankSampler
-from tests.helpers import run_train
+from tests.helpers import compose_config, run_train
 
 
 @pytest.mark.parametrize(("size", "world", "virtual", "batch"), [(50, 1, 4, 3), (37, 2, 3, 2)])
@@ -108,9 +108,11 @@ def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> N
 
 
 def test_bad_virtual_devices_value(tmp_path: Path) -> None:
-    """One line, no traceback (a method that refuses virtual devices, such as cbn, takes the
-    same path with its reason: tests/norms/test_virtual_devices.py)."""
-    result = run_train(["virtual_devices=0"], tmp_path)
-    assert result.returncode != 0
-    assert "virtual_devices must be an int >= 1" in result.stderr
-    assert "Traceback" not in result.stderr
+    """A user error, printed as one line without traceback (tests/test_bad_input.py), before
+    training (a method that refuses virtual devices, such as cbn, takes the same path with its
+    reason: tests/norms/test_virtual_devices.py)."""
+    from normlab.results import USER_ERRORS
+    from normlab.train import run
+
+    with pytest.raises(USER_ERRORS, match="virtual_devices must be an int >= 1"):
+        run(compose_config(["virtual_devices=0"]), tmp_path / "run")

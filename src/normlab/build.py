@@ -223,6 +223,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+    # a resumed run writes into its own checkpoints folder on purpose; under SLURM normlab's
+    # launcher starts the tasks itself (one per rank), so srun is not needed
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system")
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:

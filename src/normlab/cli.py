@@ -273,7 +273,8 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 
     In a multirun a failed job is recorded in its results.json and the sweep goes on.
     """
-    from normlab.train import run  # heavy imports after argument checks
+    from normlab.environment import process_rank  # heavy imports after argument checks
+    from normlab.train import run
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -294,5 +295,6 @@ def hydra_entry(cfg: DictConfig) -> float | None:
             return None
         sys.exit(1)
     reason = f" ({results['divergence_reason']})" if results.get("divergence_reason") else ""
-    print(f"normlab: {results['status']}{reason}; results in {output_dir / 'results.json'}")
+    if process_rank() == 0:  # other ranks never see the outcome (rank 0 records it)
+        print(f"normlab: {results['status']}{reason}; results in {output_dir / 'results.json'}")
     return results.get("best_val_acc")

@@ -96,8 +96,11 @@ class SignalCheckpoint(L.Callback):
         self.pending = 0  # training is over: nothing left to save or requeue
 
     def _serve(self, trainer: L.Trainer) -> None:
+        if not self.previous:
+            return  # no handlers installed (several ranks outside SLURM)
         pending = self.pending
-        if trainer.world_size > 1:  # every rank saves together, or none does
+        if trainer.world_size > 1:  # every rank saves together, or none does (one all-reduce
+            # of one number per step, under SLURM with several ranks only)
             flag = torch.tensor(float(pending), device=trainer.strategy.root_device)
             pending = int(trainer.strategy.reduce(flag, reduce_op="max").item())
         if not pending:

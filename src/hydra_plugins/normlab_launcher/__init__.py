@@ -1,17 +1,34 @@
-"""Hydra's submitit_local launcher, sharing the machine's cores among the jobs it starts.
+"""normlab's Hydra launchers: submitit_local sharing the machine's cores among the jobs it
+starts, and SLURM with requests that follow the trainer and sweeps that survive killed jobs.
 
 A Hydra plugin (Hydra instantiates launchers only from the hydra_plugins namespace package):
-conf/hydra/launcher/submitit_local.yaml names it."""
+conf/hydra/launcher/submitit_local.yaml and slurm.yaml name them."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from normlab.console import error_line
+from normlab.results import RESULTS_FILE, read_results
 from normlab.runtime import CORES_ENV, cores_per_job
+from normlab.slurm import (
+    SlurmRequestError,
+    check_fits,
+    partition_info,
+    record_lost_job,
+    slurm_request,
+)
+
+log = logging.getLogger(__name__)
 
 
 class SharedCoresLocalLauncher(LocalLauncher):
@@ -23,3 +40,106 @@ class SharedCoresLocalLauncher(LocalLauncher):
         share = cores_per_job(len(job_overrides), self.params.get("cpus_per_task"))
         os.environ[CORES_ENV] = str(share)
         return super().launch(job_overrides, initial_job_idx)
+
+
+class NormlabSlurmLauncher(SlurmLauncher):
+    """hydra-submitit-launcher's SLURM launcher, with three changes (normlab.slurm):
+
+    - each job's SLURM request (GPUs, tasks, cores per task, nodes) follows its trainer, the
+      launcher's values where given; a contradiction, or a request no node of the partition can
+      hold, is refused before anything is submitted;
+    - jobs whose requests differ go in separate job arrays;
+    - a job that SLURM ends without a result (scancel, a signal it does not handle, a node
+      failure) is recorded `failed` with SLURM's state and the sweep waits for the others,
+      where the upstream launcher stops the whole sweep at the first such job.
+    """
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        import submitit
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import JobReturn, JobStatus
+
+        assert self.config is not None and self.hydra_context is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        configs = {idx: self._job_config(overrides, idx) for idx, overrides in jobs}
+        partition = partition_info(self.params.get("partition"))
+        arrays: dict[tuple[tuple[str, int], ...], list[tuple[int, list[str]]]] = {}
+        for idx, overrides in jobs:
+            try:
+                request = slurm_request(configs[idx], self.params, partition)
+                check_fits(request, partition)
+            except SlurmRequestError as error:  # one line, nothing submitted
+                print(error_line(f"job #{idx} ({' '.join(overrides)}): {error}"), file=sys.stderr)
+                sys.exit(2)
+            arrays.setdefault(tuple(sorted(request.items())), []).append((idx, overrides))
+
+        submitted = []
+        for request, members in arrays.items():
+            executor = self._executor(dict(request))
+            state = Singleton.get_state()
+            calls = [(o, "hydra.sweep.dir", idx, f"job_id_for_{idx}", state) for idx, o in members]
+            for (idx, overrides), job in zip(
+                members, executor.map_array(self, *zip(*calls, strict=True)), strict=True
+            ):
+                log.info(f"\t#{idx} : {' '.join(overrides)} (SLURM job {job.job_id})")
+                submitted.append((idx, overrides, job))
+
+        returns = {}
+        for idx, overrides, job in submitted:
+            try:
+                returns[idx] = job.results()[0]
+            except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError):
+                state = job.state
+                job_dir = self._job_dir(configs[idx], sweep_dir, overrides)
+                record_lost_job(job_dir, overrides, str(job.job_id), state)
+                print(
+                    f"normlab: SLURM job {job.job_id} (#{idx}: {' '.join(overrides)}) ended "
+                    f"{state} without a result; recorded as failed in {job_dir}",
+                    flush=True,
+                )
+                lost = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+                lost.return_value = None
+                returns[idx] = lost
+        return [returns[idx] for idx, _ in jobs]
+
+    def _job_config(self, overrides: list[str], idx: int) -> DictConfig:
+        """The config job `idx` runs (Hydra's own settings included)."""
+        assert self.config is not None and self.hydra_context is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.num = idx
+        return cfg
+
+    @staticmethod
+    def _job_dir(cfg: DictConfig, sweep_dir: Path, overrides: list[str]) -> Path:
+        """The job's run folder: hydra.sweep.subdir, or the folder whose results.json names
+        these overrides when the subdir needs more than the job number to resolve."""
+        try:
+            return sweep_dir / str(
+                OmegaConf.select(cfg, "hydra.sweep.subdir", throw_on_missing=True)
+            )
+        except Exception:
+            for path in sweep_dir.rglob(RESULTS_FILE):
+                if sorted(read_results(path.parent).get("overrides", [])) == sorted(overrides):
+                    return path.parent
+            raise
+
+    def _executor(self, request: dict[str, int]) -> Any:
+        """A submitit SLURM executor with the launcher's parameters and this request."""
+        import submitit
+
+        params = {**self.params, **request}
+        if not params.get("gpus_per_node"):
+            params["gpus_per_node"] = None  # no --gpus-per-node line (a CPU partition)
+        executor = submitit.AutoExecutor(
+            cluster="slurm",
+            folder=params.pop("submitit_folder"),
+            slurm_max_num_timeout=params.pop("max_num_timeout"),
+        )
+        common = set(BaseQueueConf.__dataclass_fields__)
+        executor.update_parameters(
+            **{key if key in common else f"slurm_{key}": value for key, value in params.items()}
+        )
+        return executor

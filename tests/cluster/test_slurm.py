@@ -1,0 +1,271 @@
+"""A 2-job sweep under a real SLURM (`hydra/launcher=slurm`), interrupted every way a cluster
+does it: each job must end `completed` with the epochs, steps and metrics of an uninterrupted
+sweep, and a job killed from outside must be recorded `failed` while the other completes.
+
+`make test-cluster` runs these against the throw-away one-node SLURM of
+../shared/tools/slurm_local.sh (root); the tests reconfigure it (grace time, preemption
+signal) between cases. Skipped where `sbatch` is not available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+pytestmark = pytest.mark.cluster
+
+SLURM_LOCAL = Path(
+    os.environ.get("NORMLAB_SLURM_LOCAL", REPO_ROOT.parent / "shared" / "tools" / "slurm_local.sh")
+)
+if shutil.which("sbatch") is None:
+    pytest.skip(
+        "sbatch is not available: the cluster tests need SLURM "
+        "(as root: ../shared/tools/slurm_local.sh start, or make test-cluster)",
+        allow_module_level=True,
+    )
+
+# Two jobs of 8 epochs x 64 steps (~35 s each on one core; the node has two): long enough to be
+# interrupted mid-epoch and to outlive a 15 s grace time, short enough for a test.
+JOB_ARGS = [
+    "norm=bn,gn",
+    "trainer.max_epochs=8",
+    "batch_size=16",
+    "data.train_samples=1024",
+    "data.val_samples=256",
+    "threads=1",
+    "callbacks.progress=none",
+    "print_config=false",
+    "trainer.num_sanity_val_steps=0",
+]
+COMPARED = ("epochs", "steps", "val_acc", "val_loss")
+
+
+def _cluster(grace_s: int = 0, preempt_signal: bool = False) -> dict[str, str]:
+    """(Re)configure the local SLURM when this machine has the script; its client env."""
+    env = dict(os.environ)
+    if SLURM_LOCAL.is_file() and os.geteuid() == 0:
+        env.update(
+            SLURM_LOCAL_GRACE_TIME=str(grace_s), SLURM_LOCAL_PREEMPT_SIGNAL=str(int(preempt_signal))
+        )
+        subprocess.run(
+            ["bash", str(SLURM_LOCAL), "start"], env=env, check=True, capture_output=True
+        )
+        env["SLURM_CONF"] = str(
+            Path(env.get("SLURM_LOCAL_DIR", "/tmp/slurm-local")) / "etc/slurm.conf"
+        )
+    elif grace_s or preempt_signal:
+        pytest.skip("needs ../shared/tools/slurm_local.sh (as root) to set grace time/signal")
+    return env
+
+
+class Sweep:
+    """`python train.py -m hydra/launcher=slurm ...` running in the background."""
+
+    def __init__(self, folder: Path, env: dict[str, str], *extra: str) -> None:
+        self.folder = folder
+        self.env = env
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            f"hydra.sweep.dir={folder}",
+            *JOB_ARGS,
+            *extra,
+        ]
+        self.log = (folder.parent / f"{folder.name}.log").open("w")
+        self.process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True
+        )
+
+    def results(self) -> dict[int, dict[str, Any]]:
+        found = {}
+        for job in (0, 1):
+            path = self.folder / str(job) / "results.json"
+            if path.is_file():
+                with contextlib.suppress(ValueError):
+                    found[job] = json.loads(path.read_text())
+        return found
+
+    def job_id(self, job: int) -> str:
+        return str(self.results()[job]["slurm_job_id"])
+
+    def wait_for(self, condition: Any, what: str, timeout_s: float = 240) -> None:
+        deadline = time.time() + timeout_s
+        while not condition():
+            if self.process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"{what}: not seen ({self.output()[-3000:]})")
+            time.sleep(1)
+
+    def wait_mid_training(self) -> None:
+        """Both jobs started and past their first epoch's checkpoint: the next signal lands
+        mid-epoch."""
+        self.wait_for(
+            lambda: all(
+                (self.folder / str(job) / "checkpoints" / "last.ckpt").is_file() for job in (0, 1)
+            ),
+            "both jobs past epoch 0",
+        )
+        time.sleep(3)
+
+    def finish(self, timeout_s: float = 600) -> str:
+        try:
+            self.process.wait(timeout=timeout_s)
+        finally:
+            self.log.close()
+        output = self.output()
+        assert self.process.returncode == 0, output[-3000:]
+        return output
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return (self.folder.parent / f"{self.folder.name}.log").read_text()
+
+
+def slurm(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(list(args), env=env, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    """The same sweep, never interrupted."""
+    env = _cluster()
+    sweep = Sweep(tmp_path_factory.mktemp("baseline") / "sweep", env)
+    output = sweep.finish()
+    assert "2 jobs: 2 completed" in output
+    return sweep.results()
+
+
+def _check_same(
+    case: str, sweep: Sweep, baseline: dict[int, dict[str, Any]], min_attempts: int = 2
+) -> None:
+    results = sweep.results()
+    for job in (0, 1):
+        got, want = results[job], baseline[job]
+        row = {key: (got.get(key), want.get(key)) for key in (*COMPARED, "attempts", "status")}
+        print(f"\n{case} job {job}: (interrupted, uninterrupted) {row}")
+        assert got["status"] == "completed", (case, job, got.get("error"))
+        assert got["attempts"] >= min_attempts, (case, job, "was it interrupted at all?")
+        for key in COMPARED:
+            assert got[key] == pytest.approx(want[key], abs=1e-6), (case, job, key)
+
+
+@pytest.fixture
+def local_cluster() -> Iterator[dict[str, str]]:
+    env = _cluster()
+    yield env
+    _cluster()  # back to the defaults for the next case
+
+
+def test_scontrol_requeue(
+    tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
+) -> None:
+    sweep = Sweep(tmp_path / "sweep", local_cluster)
+    sweep.wait_mid_training()
+    for job in (0, 1):
+        slurm(local_cluster, "scontrol", "requeue", sweep.job_id(job))
+    assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
+    _check_same("scontrol requeue", sweep, baseline)
+
+
+def test_submitit_signal_as_preemption(
+    tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
+) -> None:
+    """`scancel --signal=USR2`: what submitit takes for a preemption; checkpoint mid-epoch,
+    requeue, resume exactly."""
+    sweep = Sweep(tmp_path / "sweep", local_cluster)
+    sweep.wait_mid_training()
+    for job in (0, 1):
+        slurm(local_cluster, "scancel", "--signal=USR2", sweep.job_id(job))
+    assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
+    _check_same("USR2 (submitit's preemption signal)", sweep, baseline)
+
+
+def test_usr1_checkpoints_and_the_job_goes_on(
+    tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
+) -> None:
+    sweep = Sweep(tmp_path / "sweep", local_cluster)
+    sweep.wait_mid_training()
+    for job in (0, 1):
+        slurm(local_cluster, "scancel", "--signal=USR1", sweep.job_id(job))
+    output = sweep.finish()
+    assert "2 jobs: 2 completed, 0 failed" in output
+    logs = [path.read_text() for path in (tmp_path / "sweep" / ".submitit").rglob("*_log.out")]
+    assert sum("SIGUSR1: checkpoint at epoch" in log for log in logs) == 2
+    _check_same("USR1 (checkpoint request)", sweep, baseline, min_attempts=1)
+
+
+def test_time_limit_checkpoints_mid_epoch(
+    tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
+) -> None:
+    """A 1-minute time limit with USR2 30 s before it: each attempt trains ~30 s, checkpoints
+    mid-epoch on the signal and is requeued; a job longer than its window still finishes."""
+    sweep = Sweep(
+        tmp_path / "sweep",
+        local_cluster,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=30",
+    )
+    assert "2 jobs: 2 completed, 0 failed" in sweep.finish(timeout_s=900)
+    _check_same("time limit (1 min, USR2 30 s before)", sweep, baseline)
+
+
+def test_preemption_with_grace_time_and_sigterm(
+    tmp_path: Path, baseline: dict[int, dict[str, Any]]
+) -> None:
+    """SIGTERM at preemption, SLURM requeues the job if it still runs 15 s later: normlab
+    checkpoints and keeps running, so SLURM requeues it (Lightning alone exits 0: COMPLETED)."""
+    env = _cluster(grace_s=15)
+    try:
+        sweep = Sweep(tmp_path / "sweep", env)
+        sweep.wait_mid_training()
+        slurm(env, "sbatch", "--partition=urgent", "--cpus-per-task=2", "--wrap=sleep 10")
+        assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
+        _check_same("preemption, grace 15 s, SIGTERM", sweep, baseline)
+    finally:
+        _cluster()
+
+
+def test_preemption_with_the_jobs_own_signal_and_no_grace(
+    tmp_path: Path, baseline: dict[int, dict[str, Any]]
+) -> None:
+    """SLURM sends USR2 and requeues the job itself; submitit's `scontrol requeue` then fails,
+    which must not be recorded as the job's failure."""
+    env = _cluster(preempt_signal=True)
+    try:
+        sweep = Sweep(tmp_path / "sweep", env)
+        sweep.wait_mid_training()
+        slurm(env, "sbatch", "--partition=urgent", "--cpus-per-task=2", "--wrap=sleep 10")
+        assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
+        _check_same("preemption, USR2, no grace", sweep, baseline)
+    finally:
+        _cluster()
+
+
+def test_a_killed_job_is_recorded_failed_and_the_sweep_goes_on(
+    tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
+) -> None:
+    sweep = Sweep(tmp_path / "sweep", local_cluster)
+    sweep.wait_mid_training()
+    slurm(local_cluster, "scancel", sweep.job_id(1))
+    output = sweep.finish()
+    assert "2 jobs: 1 completed, 1 failed" in output, output[-2000:]
+    results = sweep.results()
+    assert results[0]["status"] == "completed"
+    for key in COMPARED:
+        assert results[0][key] == pytest.approx(baseline[0][key], abs=1e-6), key
+    assert results[1]["status"] == "failed" and "CANCELLED" in results[1]["error"]
+    print(f"\nscancel: job 1 recorded {results[1]['status']}: {results[1]['error']}")
