@@ -226,10 +226,12 @@ def test_keys_of_open_groups_are_type_checked_against_their_file(
 
 
 def test_a_value_given_to_a_group_of_keys_names_its_keys() -> None:
-    """precise_bn=1000 and debug=fdr crashed deep inside the run ('str' has no attribute 'get')."""
+    """precise_bn=1000 crashed deep inside the run ('str' has no attribute 'get'). debug is a
+    config group (conf/debug): debug=fdr chooses an option, debug.<key>=... sets a key."""
     message = check_config_overrides(["precise_bn=1000"], CONF_DIR)
     assert message is not None and "precise_bn is a group of keys" in message
     assert "num_samples" in message and "\n" not in message
+    assert check_config_overrides(["debug=fdr", "debug.stop_after_epochs=1"], CONF_DIR) is None
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     try:
         args = trainer_args(cfg)
         plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
+        args["profiler"] = run_profiler(args.get("profiler"), output_dir)
         # callbacks.checkpoint.enabled=false means no checkpoint at all: without a ModelCheckpoint
         # of normlab's, Lightning would add its own, writing epoch=*.ckpt into the logger's folder.
         args.setdefault(
@@ -136,6 +137,25 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
         virtual=virtual,
         target=target,
     )
+
+
+PROFILE_FILE = "profile"  # Lightning writes <run folder>/<stage>-profile.txt (fit-profile.txt)
+
+
+def run_profiler(name: Any, output_dir: Path) -> Any:
+    """`trainer.profiler=simple|advanced|pytorch` (debug=profiler) as Lightning's profiler of that
+    name writing its report into the run folder, not only to the console; any other value
+    (null, a profiler object) goes to the Trainer as it is."""
+    from lightning.pytorch import profilers
+
+    classes = {
+        "simple": profilers.SimpleProfiler,
+        "advanced": profilers.AdvancedProfiler,
+        "pytorch": profilers.PyTorchProfiler,
+    }
+    if isinstance(name, str) and name in classes:
+        return classes[name](dirpath=str(output_dir), filename=PROFILE_FILE)
+    return name
 
 
 def norm_params(norm_cfg: DictConfig) -> tuple[str, dict[str, Any]]:

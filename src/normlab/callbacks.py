@@ -36,14 +36,15 @@ def build_callbacks(
     the progress bar, population statistics, diagnostics, then `callbacks.extra`."""
     throughput = ThroughputMonitor(int(cfg.batch_size) * virtual_devices, world_size)
     history = MetricHistory()
-    stop_after = cfg.get("debug", {}).get("stop_after_epochs")
+    debug = cfg.get("debug") or {}
+    stop_after = debug.get("stop_after_epochs")
     stopper = StopAfterEpochs(int(stop_after)) if stop_after else None
     callbacks: list[L.Callback] = [
         throughput,
         history,
         EpochSeeding(int(cfg.seed)),
         ReconcileNormBuffers(),
-        FitSummary(output_dir / SUMMARY_FILE, history, throughput, stopper),
+        FitSummary(output_dir / SUMMARY_FILE, history, throughput, stopper, debug.get("option")),
     ]
     if stopper is not None:
         callbacks.append(stopper)
@@ -355,11 +356,13 @@ class FitSummary(L.Callback):
         history: MetricHistory,
         throughput: ThroughputMonitor,
         stopper: StopAfterEpochs | None = None,
+        debug_option: str | None = None,
     ) -> None:
         self.path = path
         self.history = history
         self.throughput = throughput
         self.stopper = stopper
+        self.debug_option = debug_option
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
@@ -374,10 +377,29 @@ class FitSummary(L.Callback):
             "steps": trainer.global_step,
             "train_images_per_s": self.throughput.images_per_second,
         }
+        debug = debug_settings(trainer, self.debug_option)
+        if debug:
+            result["debug"] = debug
         interrupted = bool(self.stopper and self.stopper.interrupted)
         self.path.write_text(
             json.dumps({"result": result, "interrupted": interrupted}, allow_nan=True)
         )
+
+
+def debug_settings(trainer: L.Trainer, option: str | None = None) -> str | None:
+    """What made this a debug run rather than a result, or None: the conf/debug option
+    (`debug=limit`), or the Trainer's own ways of shrinking training (fast_dev_run,
+    overfit_batches, limit_train_batches below the whole epoch). results.json then records
+    status 'debug', which no report averages in."""
+    settings = [f"debug={option}"] if option else []
+    limit = trainer.limit_train_batches
+    if trainer.fast_dev_run:
+        settings.append(f"trainer.fast_dev_run={trainer.fast_dev_run}")
+    elif trainer.overfit_batches:
+        settings.append(f"trainer.overfit_batches={trainer.overfit_batches}")
+    elif limit is not None and (isinstance(limit, int) or limit < 1.0):
+        settings.append(f"trainer.limit_train_batches={limit}")
+    return ", ".join(settings) or None
 
 
 def read_fit_summary(path: Path) -> tuple[RunResult, bool]:
