@@ -6,6 +6,7 @@ normlab.train fits what it returns, scripts evaluate it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     run writing into `output_dir`; `verbose` prints the effective learning rate."""
     quiet_lightning()
     check_devices(cfg.trainer)
+    check_logger_packages(cfg.logger)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     name, params = norm_params(cfg.norm)
     norm = norm_factory(name, **params)
@@ -242,6 +244,23 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+
+
+def check_logger_packages(logger_cfg: DictConfig) -> None:
+    """Refuse, before any data is read, a logger whose package is missing: TensorBoard writes
+    through tensorboardX (a dependency of normlab) or the tensorboard package."""
+    if not logger_cfg.get("tensorboard", False):
+        return
+    for module in ("tensorboardX", "tensorboard"):
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError:
+            continue
+    raise ModuleNotFoundError(
+        "logger=tensorboard needs the tensorboardX package, which is not installed: "
+        "pip install tensorboardX (or use logger=csv)"
+    )
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
