@@ -226,7 +226,27 @@ def test_keys_of_open_groups_are_type_checked_against_their_file(
 
 
 def test_a_value_given_to_a_group_of_keys_names_its_keys() -> None:
-    """precise_bn=1000 and debug=fdr crashed deep inside the run ('str' has no attribute 'get')."""
+    """precise_bn=1000 crashed deep inside the run ('str' has no attribute 'get'). debug is a
+    config group (conf/debug): debug=fdr chooses an option, debug.<key>=... sets a key."""
     message = check_config_overrides(["precise_bn=1000"], CONF_DIR)
     assert message is not None and "precise_bn is a group of keys" in message
     assert "num_samples" in message and "\n" not in message
+    assert check_config_overrides(["debug=fdr", "debug.stop_after_epochs=1"], CONF_DIR) is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-sc", "install=bash"],
+        ["--shell-completion", "query=bash"],
+        ["-sc", "query=bash"],
+        ["--help", "norm=gn"],
+        ["-cn", "train", "norm=gn"],
+        ["--config-name=train", "norm=gn"],
+    ],
+)
+def test_hydra_own_flags_pass_preflight_untouched(args: list[str]) -> None:
+    """Tab completion (`-sc install=bash`, `-sc query=bash` with the partial line in COMP_LINE),
+    help and another config name are Hydra's to answer: preflight judges none of their words."""
+    assert check_group_overrides(args, CONF_DIR) is None
+    assert check_config_overrides(args, CONF_DIR) is None

@@ -16,8 +16,8 @@ from tests.helpers import CONF_DIR, compose_config
 SHRINK = [
     "batch_size=2",
     "trainer.max_epochs=1",
-    "+trainer.max_steps=2",
-    "+trainer.limit_val_batches=1",
+    "++trainer.max_steps=2",
+    "++trainer.limit_val_batches=1",  # ++: debug=limit sets it too
     "trainer.num_sanity_val_steps=0",
     "callbacks.progress=none",
     "callbacks.checkpoint.enabled=false",
@@ -39,6 +39,7 @@ GROUPS = [
     "callbacks",
     "scale",
     "experiment",
+    "debug",
 ]
 
 

@@ -6,6 +6,7 @@ normlab.train fits what it returns, scripts evaluate it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     run writing into `output_dir`; `verbose` prints the effective learning rate."""
     quiet_lightning()
     check_devices(cfg.trainer)
+    check_logger_packages(cfg.logger)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     name, params = norm_params(cfg.norm)
     norm = norm_factory(name, **params)
@@ -106,6 +108,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     try:
         args = trainer_args(cfg)
         plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
+        args["profiler"] = run_profiler(args.get("profiler"), output_dir)
         # callbacks.checkpoint.enabled=false means no checkpoint at all: without a ModelCheckpoint
         # of normlab's, Lightning would add its own, writing epoch=*.ckpt into the logger's folder.
         args.setdefault(
@@ -137,6 +140,25 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
         virtual=virtual,
         target=target,
     )
+
+
+PROFILE_FILE = "profile"  # Lightning writes <run folder>/<stage>-profile.txt (fit-profile.txt)
+
+
+def run_profiler(name: Any, output_dir: Path) -> Any:
+    """`trainer.profiler=simple|advanced|pytorch` (debug=profiler) as Lightning's profiler of that
+    name writing its report into the run folder, not only to the console; any other value
+    (null, a profiler object) goes to the Trainer as it is."""
+    from lightning.pytorch import profilers
+
+    classes = {
+        "simple": profilers.SimpleProfiler,
+        "advanced": profilers.AdvancedProfiler,
+        "pytorch": profilers.PyTorchProfiler,
+    }
+    if isinstance(name, str) and name in classes:
+        return classes[name](dirpath=str(output_dir), filename=PROFILE_FILE)
+    return name
 
 
 def norm_params(norm_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
@@ -227,6 +249,23 @@ def quiet_lightning() -> None:
     # launcher starts the tasks itself (one per rank), so srun is not needed
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system")
+
+
+def check_logger_packages(logger_cfg: DictConfig) -> None:
+    """Refuse, before any data is read, a logger whose package is missing: TensorBoard writes
+    through tensorboardX (a dependency of normlab) or the tensorboard package."""
+    if not logger_cfg.get("tensorboard", False):
+        return
+    for module in ("tensorboardX", "tensorboard"):
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError:
+            continue
+    raise ModuleNotFoundError(
+        "logger=tensorboard needs the tensorboardX package, which is not installed: "
+        "pip install tensorboardX (or use logger=csv)"
+    )
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:

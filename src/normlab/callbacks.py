@@ -44,7 +44,8 @@ def build_callbacks(
     throughput = ThroughputMonitor(int(cfg.batch_size) * virtual_devices, world_size)
     history = MetricHistory()
     clock = RunClock()
-    stop_after = cfg.get("debug", {}).get("stop_after_epochs")
+    debug = cfg.get("debug") or {}
+    stop_after = debug.get("stop_after_epochs")
     ckpt = cfg.callbacks.checkpoint
     saving = ckpt.get("enabled", True) and ckpt.get("save_last", True)
     signals = SignalCheckpoint(output_dir / "checkpoints" / "last.ckpt" if saving else None, slurm)
@@ -56,7 +57,9 @@ def build_callbacks(
         history,
         EpochSeeding(int(cfg.seed)),
         ReconcileNormBuffers(),
-        FitSummary(output_dir / SUMMARY_FILE, history, throughput, stoppers, clock),
+        FitSummary(
+            output_dir / SUMMARY_FILE, history, throughput, stoppers, clock, debug.get("option")
+        ),
         clock,
         HandBackLoaderState(),
         *stoppers,
@@ -369,12 +372,14 @@ class FitSummary(L.Callback):
         throughput: ThroughputMonitor,
         stoppers: list[StopAfterEpochs | SignalCheckpoint],
         clock: RunClock,
+        debug_option: str | None = None,
     ) -> None:
         self.path = path
         self.history = history
         self.throughput = throughput
         self.stoppers = stoppers
         self.clock = clock
+        self.debug_option = debug_option
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
@@ -391,10 +396,29 @@ class FitSummary(L.Callback):
             "attempts": self.clock.attempt,
             "earlier_attempts_s": round(self.clock.earlier_s, 3),
         }
+        debug = debug_settings(trainer, self.debug_option)
+        if debug:
+            result["debug"] = debug
         interrupted = any(stopper.interrupted for stopper in self.stoppers)
         self.path.write_text(
             json.dumps({"result": result, "interrupted": interrupted}, allow_nan=True)
         )
+
+
+def debug_settings(trainer: L.Trainer, option: str | None = None) -> str | None:
+    """What made this a debug run rather than a result, or None: the conf/debug option
+    (`debug=limit`), or the Trainer's own ways of shrinking training (fast_dev_run,
+    overfit_batches, limit_train_batches below the whole epoch). results.json then records
+    status 'debug', which no report averages in."""
+    settings = [f"debug={option}"] if option else []
+    limit = trainer.limit_train_batches
+    if trainer.fast_dev_run:
+        settings.append(f"trainer.fast_dev_run={trainer.fast_dev_run}")
+    elif trainer.overfit_batches:
+        settings.append(f"trainer.overfit_batches={trainer.overfit_batches}")
+    elif limit is not None and (isinstance(limit, int) or limit < 1.0):
+        settings.append(f"trainer.limit_train_batches={limit}")
+    return ", ".join(settings) or None
 
 
 def read_fit_summary(path: Path) -> tuple[RunResult, bool]:

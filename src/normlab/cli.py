@@ -45,8 +45,11 @@ def group_choices(conf_dir: Path, group: str) -> list[str] | None:
 
 def check_group_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
     """The one-line error for the first `group=option` naming an option that does not exist."""
-    for arg in args:
-        if arg.startswith("-") or "=" not in arg:
+    flags, overrides = split_hydra_args(args)
+    if flags & HYDRA_OWN_FLAGS:
+        return None
+    for arg in overrides:
+        if "=" not in arg:
             continue
         key, _, value = arg.partition("=")
         key = key.lstrip("+~")
@@ -61,7 +64,60 @@ def check_group_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
     return None
 
 
-HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion")
+# Hydra's own command-line flags (hydra._internal.utils.get_args_parser), in three kinds.
+# Flags after which preflight judges nothing and Hydra answers alone: help, version, shell
+# completion (`-sc install=bash`, `-sc query=bash`: those "overrides" are commands, and tab
+# completion composes partial words such as `norm=p`), another config than conf/train.yaml.
+HYDRA_OWN_FLAGS = frozenset(
+    ("--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--config-path",
+     "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
+)  # fmt: skip
+# Flags that print the config or Hydra's view of it instead of running: group options are
+# still checked (a wrong one is one line), keys and values are left to Hydra.
+HYDRA_SHOW_FLAGS = frozenset(("--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve"))
+# Flags followed by a value of their own, which is no override (`--cfg job`, `-p trainer`).
+_VALUE_FLAGS = frozenset(
+    ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+     "--config-dir", "-cd", "--experimental-rerun")
+)  # fmt: skip
+_INFO_CHOICES = frozenset(("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"))
+_LONG_FLAGS = sorted(f for f in HYDRA_OWN_FLAGS | HYDRA_SHOW_FLAGS if f.startswith("--"))
+
+
+def _flag_name(arg: str) -> str:
+    """`--cfg=job` -> `--cfg`; an abbreviated long flag (argparse takes `--hydra-h`) -> its
+    full name."""
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") and name not in _LONG_FLAGS:
+        matches = [f for f in _LONG_FLAGS if f.startswith(name)]
+        if len(matches) == 1:
+            return matches[0]
+    return name
+
+
+def split_hydra_args(args: Sequence[str]) -> tuple[set[str], list[str]]:
+    """(the names of Hydra's flags given, the overrides): a flag's own value (`--cfg job`,
+    `--info defaults`) is no override."""
+    flags: set[str] = set()
+    overrides: list[str] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        i += 1
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        name = _flag_name(arg)
+        flags.add(name)
+        if "=" in arg:
+            continue
+        takes_value = name in _VALUE_FLAGS or (
+            name in ("--info", "-i") and i < len(items) and items[i] in _INFO_CHOICES
+        )
+        if takes_value and i < len(items):
+            i += 1
+    return flags, overrides
 
 
 def _parse(overrides: list[str]) -> tuple[list[str], dict[str, list[object]]]:
@@ -111,10 +167,11 @@ def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    if any(a in HYDRA_FLAGS or a.startswith("--cfg") or a in ("-c", "-p") for a in args):
+    flags, overrides = split_hydra_args(args)
+    if flags & (HYDRA_OWN_FLAGS | HYDRA_SHOW_FLAGS):
         return None
     try:
-        single, sweeps = _parse([a for a in args if not a.startswith("-")])
+        single, sweeps = _parse(overrides)
         cfg = _compose(conf_dir, single)
         for key, values in sweeps.items():
             if not (_is_group_override(f"{key}=", conf_dir) or key.startswith("hydra.")):
@@ -261,7 +318,9 @@ def _suggestion(error: Any, conf_dir: Path) -> str:
 
 def preflight(args: Sequence[str], conf_dir: Path) -> None:
     """Exit with one clear line, before Hydra starts, on an unknown group option or key, an
-    unparsable override, a value of the wrong type or a key left without a value."""
+    unparsable override, a value of the wrong type or a key left without a value. Hydra's
+    help, version and shell completion (HYDRA_OWN_FLAGS) pass untouched; with --cfg, --info or
+    --package only group options are checked."""
     message = check_group_overrides(args, conf_dir) or check_config_overrides(args, conf_dir)
     if message:
         print(message, file=sys.stderr)

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, TypedDict, TypeVar, get_args, get_ty
 RESULTS_FILE = "results.json"
 RESULTS_MODE = 0o644  # readable by the group and others, like every other output of a run
 
-# "debug": a run under trainer.fast_dev_run (a smoke test, never averaged into a report)
+# "debug": a run shrunk to check that it works (debug=fdr|limit|overfit|profiler, the Trainer's
+# fast_dev_run, overfit_batches or limit_train_batches): never averaged into a report
 Status = Literal["running", "completed", "diverged", "failed", "interrupted", "debug"]
 STATUSES: tuple[str, ...] = get_args(Status)
 
@@ -51,6 +52,7 @@ class RunResult(TypedDict, total=False):
     devices: int | str  # trainer.devices as given
     # the job
     status: Column[Status]
+    debug: Sometimes[str]  # what made it a debug run: 'debug=limit, trainer.limit_train_batches=3'
     error: Sometimes[str]  # 'failed': '<ExceptionType>: <message>'
     bad_input: Sometimes[bool]  # 'failed' on a user error (a re-run sweep does not retry it)
     output_dir: str

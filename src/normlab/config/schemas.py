@@ -207,8 +207,14 @@ class DivergenceConfig:
 
 @dataclass
 class DebugConfig:
+    """The keys of the `debug` group (conf/debug, each file `# @package _global_`): `debug=fdr|
+    limit|overfit|profiler` shrink or instrument a run to check that it works, and the run is
+    recorded with status 'debug', never averaged into a report; `debug=none` is a real run."""
+
     # stop cleanly after N epochs, as if preempted (status 'interrupted'; tests resume)
     stop_after_epochs: int | None = None
+    # the conf/debug option that set this run up, written by its file (null: a real run)
+    option: str | None = None
 
 
 @dataclass
