@@ -37,7 +37,7 @@ FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stat
 	tests/stats/test_precise_bn_virtual.py tests/test_optim.py tests/test_config.py tests/test_lit.py \
 	tests/test_runtime.py tests/test_report.py tests/test_diagnostics.py tests/test_papers.py \
 	tests/test_plots.py tests/test_paper_report.py tests/test_folder_cache.py \
-	tests/test_every_option.py::test_every_option_of_every_group_builds
+	tests/test_slurm_request.py tests/test_every_option.py::test_every_option_of_every_group_builds
 
 test-fast: $(STAMP) ## in-process tests only, about 1.5 minutes on 2 cores (no train.py subprocesses)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(FAST_TESTS) $(ARGS)
@@ -49,7 +49,7 @@ test-all: $(STAMP) ## run every test but the cluster ones, the slow ones too
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster" $(ARGS)
 
 SLURM_LOCAL ?= ../shared/tools/slurm_local.sh
-test-cluster: $(STAMP) ## a 2-job sweep under a real SLURM, interrupted every way (starts $(SLURM_LOCAL) as root; ~15 min)
+test-cluster: $(STAMP) ## a 2-job sweep under a real SLURM, interrupted every way (starts $(SLURM_LOCAL) as root; ~20 min)
 	@if [ -f "$(SLURM_LOCAL)" ] && [ "$$(id -u)" = 0 ]; then bash $(SLURM_LOCAL) start; fi
 	SLURM_CONF=$${SLURM_CONF:-/tmp/slurm-local/etc/slurm.conf} NORMLAB_SLURM_LOCAL=$(abspath $(SLURM_LOCAL)) \
 		$(BIN)/python -m pytest -q -s -m cluster tests/cluster $(ARGS)

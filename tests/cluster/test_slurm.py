@@ -36,11 +36,12 @@ if shutil.which("sbatch") is None:
         allow_module_level=True,
     )
 
-# Two jobs of 8 epochs x 64 steps (~35 s each on one core; the node has two): long enough to be
-# interrupted mid-epoch and to outlive a 15 s grace time, short enough for a test.
+# Two jobs of 24 epochs x 64 steps (~70 s each on one core; the node has two): long enough to be
+# interrupted mid-epoch and to outlive KillWait (30 s: SLURM sends SIGTERM first, and normlab
+# keeps training on SIGTERM) and a 15 s grace time, short enough for a test.
 JOB_ARGS = [
     "norm=bn,gn",
-    "trainer.max_epochs=8",
+    "trainer.max_epochs=24",
     "batch_size=16",
     "data.train_samples=1024",
     "data.val_samples=256",
