@@ -40,13 +40,13 @@ FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stat
 	tests/test_slurm_request.py tests/test_every_option.py::test_every_option_of_every_group_builds
 
 test-fast: $(STAMP) ## in-process tests only, about 1.5 minutes on 2 cores (no train.py subprocesses)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(FAST_TESTS) $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow" $(FAST_TESTS) $(ARGS)
 
 test: $(STAMP) ## the test suite CI runs (every test but the slow and cluster ones)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow and not cluster" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not cluster" $(ARGS)
 
 test-all: $(STAMP) ## run every test but the cluster ones, the slow ones too
-	$(BIN)/python -m pytest -q -n 2 -m "not cluster" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not cluster" $(ARGS)
 
 SLURM_LOCAL ?= ../shared/tools/slurm_local.sh
 test-cluster: $(STAMP) ## a 2-job sweep under a real SLURM, interrupted every way (starts $(SLURM_LOCAL) as root; ~20 min)

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,14 @@ def test_requeue_signal_checkpoints_mid_epoch_and_the_resumed_run_is_exact(
     )
     assert ckpt["global_step"] == SIGNAL_STEP + 1 and ckpt["epoch"] == 1
 
-    resumed = _train(tmp_path, "resumed")  # the same folder: resumes from last.ckpt
+    (tmp_path / "resumed" / "error.log").write_text("an earlier attempt's traceback")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = _train(tmp_path, "resumed")  # the same folder: resumes from last.ckpt
     assert resumed["status"] == "completed" and resumed["attempts"] == 2
+    assert not (tmp_path / "resumed" / "error.log").exists(), "a stale error.log is removed"
+    noise = [str(w.message) for w in caught if "exists and is not empty" in str(w.message)]
+    assert not noise, "a resumed run writes into its checkpoints folder on purpose"
     assert resumed["earlier_attempts_s"] > 0
     assert resumed["wall_s"] > resumed["earlier_attempts_s"]
     _same_run(_read(runs / "full"), resumed, runs / "full", tmp_path / "resumed")

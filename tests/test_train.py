@@ -80,6 +80,7 @@ def test_submitit_local_jobs_started_at_once_share_the_cores(tmp_path: Path) -> 
     assert {r["threads"] for r in results} == {max(1, owned_cores() // 2)}
 
 
+@pytest.mark.slow  # every method's CIFAR-10 training (tests/test_every_method.py) covers the path
 def test_cifar10_from_the_shared_folder(tmp_path: Path, cifar10_root: Path) -> None:
     proc = run_train(
         [
