@@ -116,20 +116,24 @@ def test_a_bad_extra_callback_is_a_one_line_value_error(spec: list[str], message
 
 
 def test_early_stopping_from_the_command_line_stops_the_run_early(tmp_path: Path) -> None:
+    """The overrides a command line gives, composed and run in process."""
+    from normlab.train import run
+
     stop = "+callbacks.extra.early_stop"
-    proc = run_train(
+    cfg = compose_config(
         [
             *TINY,
+            "callbacks.progress=none",
+            "print_config=false",
             "trainer.max_epochs=6",
             f"{stop}._target_=lightning.pytorch.callbacks.EarlyStopping",
             f"{stop}.monitor=val/acc",
             f"{stop}.mode=max",
             f"{stop}.patience=0",
             f"{stop}.min_delta=1.0",  # no epoch improves val/acc by 1: stop after the second
-        ],
-        tmp_path,
+        ]
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run(cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "completed" and results["epochs"] == 2
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.helpers import run_train
+from tests.helpers import compose_config
 
 SMALL = [
     "trainer.max_epochs=2",
@@ -17,11 +17,9 @@ SMALL = [
     "model=resnet20",
     "batch_size=32",
     "logger=csv",
+    "callbacks.progress=none",
+    "print_config=false",
 ]
-
-
-def _results(run_dir: Path) -> dict:
-    return json.loads((run_dir / "results.json").read_text())
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -31,33 +29,38 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
-def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
-    full = run_train(SMALL, tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-2000:]
+def _run(overrides: list[str], run_dir: Path) -> dict:
+    from normlab.train import run
 
-    first = run_train([*SMALL, "debug.stop_after_epochs=1"], tmp_path / "resumed")
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert _results(tmp_path / "resumed" / "run")["status"] == "interrupted"
-    second = run_train(SMALL, tmp_path / "resumed")  # same run folder: auto-resume from last.ckpt
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resuming from" in second.stdout
+    return dict(run(compose_config([*SMALL, *overrides]), run_dir))
 
-    a, b = _results(tmp_path / "full" / "run"), _results(tmp_path / "resumed" / "run")
+
+def test_stopped_and_resumed_run_matches_uninterrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In process (the command line's auto-resume is this same run() on the same folder)."""
+    full = _run([], tmp_path / "full")
+    first = _run(["debug.stop_after_epochs=1"], tmp_path / "resumed")
+    assert first["status"] == "interrupted"
+    capsys.readouterr()
+    second = _run([], tmp_path / "resumed")  # same run folder: auto-resume from last.ckpt
+    assert "resuming from" in capsys.readouterr().out
+
+    a, b = full, second
     assert b["status"] == "completed" and b["resumed_from"].endswith("last.ckpt")
     assert (a["epochs"], a["steps"]) == (b["epochs"], b["steps"])
     assert len(b["history"]) == 2  # the epoch before the interruption is kept
     for key in ("val_loss", "val_acc"):
         assert abs(a[key] - b[key]) < 1e-6, key
-    csv = tmp_path / "resumed" / "run" / "csv"
+    csv = tmp_path / "resumed" / "csv"
     assert "\n0," in (csv / "metrics.csv").read_text(), "epoch 0 metrics kept after the resume"
     assert "\n1," in (csv / "resumed_1" / "metrics.csv").read_text()
-    wa, wb = _weights(tmp_path / "full" / "run"), _weights(tmp_path / "resumed" / "run")
+    wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
     assert wa.keys() == wb.keys()
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    result = run_train([*SMALL, "ckpt_path=last"], tmp_path)
-    assert result.returncode != 0
-    assert "normlab: error: ckpt_path=last but" in result.stderr
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last but"):
+        _run(["ckpt_path=last"], tmp_path / "run")

@@ -61,6 +61,7 @@ def test_two_by_two_multirun_writes_four_results(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # two jobs under submitit_local (30 s); configure_threads is unit-tested
 def test_submitit_local_jobs_started_at_once_share_the_cores(tmp_path: Path) -> None:
+    """A submitit_local sweep completes, its jobs sharing the cores, with its summary line."""
     proc = run_train(
         [
             "-m",
@@ -78,6 +79,7 @@ def test_submitit_local_jobs_started_at_once_share_the_cores(tmp_path: Path) -> 
     results = [load_results(p.parent) for p in (tmp_path / "sweep").glob("*/results.json")]
     assert len(results) == 2 and all(r["status"] == "completed" for r in results)
     assert {r["threads"] for r in results} == {max(1, owned_cores() // 2)}
+    assert "2 jobs: 2 completed, 0 failed, 0 diverged" in proc.stdout
 
 
 @pytest.mark.slow  # every method's CIFAR-10 training (tests/test_every_method.py) covers the path
@@ -124,9 +126,12 @@ def test_bad_norm_parameter_is_a_user_error_recorded_failed(tmp_path: Path) -> N
     assert results["status"] == "failed" and results["bad_input"] is True
 
 
-def test_fast_dev_run_is_recorded_as_a_debug_run(tmp_path: Path) -> None:
+def test_fast_dev_run_is_recorded_as_a_debug_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A smoke test is not a result: status 'debug', which reports never average in."""
-    proc = run_train(["+trainer.fast_dev_run=true", "logger=none"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    from normlab.train import run
+
+    run(compose_config(["+trainer.fast_dev_run=true", "logger=none"]), tmp_path / "run")
     assert load_results(tmp_path / "run")["status"] == "debug"
-    assert "normlab: learning rate " in proc.stdout  # the effective (scaled) rate is printed
+    assert "normlab: learning rate " in capsys.readouterr().out  # the effective rate is printed

@@ -5,24 +5,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import run_train
+import pytest
+
+from tests.helpers import compose_config, run_train
 
 
 def test_run_with_population_statistics_options(tmp_path: Path) -> None:
-    proc = run_train(
-        [
-            "trainer.max_epochs=3",
-            "data.train_samples=512",
-            "precise_bn.num_samples=256",
-            "frozen_bn.last_epochs=1",
-            "diagnostics.every_n_epochs=1",
-            "+precise_bn.data.corruption=contrast",
-            "precise_bn.target_samples=256",
-            "callbacks.checkpoint.enabled=false",
-        ],
-        tmp_path,
+    from normlab.train import run
+
+    run(
+        compose_config(
+            [
+                "callbacks.progress=none",
+                "print_config=false",
+                "trainer.max_epochs=3",
+                "data.train_samples=512",
+                "precise_bn.num_samples=256",
+                "frozen_bn.last_epochs=1",
+                "diagnostics.every_n_epochs=1",
+                "+precise_bn.data.corruption=contrast",
+                "precise_bn.target_samples=256",
+                "callbacks.checkpoint.enabled=false",
+            ]
+        ),
+        tmp_path / "run",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["precise_bn_samples"] == 256 and results["frozen_bn_last_epochs"] == 1
@@ -39,15 +46,16 @@ def test_run_with_population_statistics_options(tmp_path: Path) -> None:
     assert 0 <= shift["target_acc_source_stats"] <= 1 and 0 <= shift["target_acc_target_stats"] <= 1
 
 
-def test_eval_alpha_where_unsupported_is_one_clear_line(tmp_path: Path) -> None:
-    proc = run_train(
-        ["norm=iebn", "eval_alpha=0.5", "trainer.max_epochs=1", "data.train_samples=128"], tmp_path
+def test_eval_alpha_where_unsupported_is_a_user_error(tmp_path: Path) -> None:
+    """A user error: one line without traceback on the command line (tests/test_bad_input.py)."""
+    from normlab.results import USER_ERRORS
+    from normlab.train import run
+
+    cfg = compose_config(
+        ["norm=iebn", "eval_alpha=0.5", "trainer.max_epochs=1", "data.train_samples=128"]
     )
-    assert proc.returncode != 0
-    assert (
-        "does not implement example-weighed inference" in proc.stderr
-        and "Traceback" not in proc.stderr
-    )
+    with pytest.raises(USER_ERRORS, match="does not implement example-weighed inference"):
+        run(cfg, tmp_path / "run")
 
 
 def test_alpha_is_chosen_on_held_out_training_samples(tmp_path: Path) -> None:
