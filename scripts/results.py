@@ -39,16 +39,18 @@ GPU = (
 SECTIONS = [
     Section(
         name="gn_batch_size",
-        title="GN paper, Table 2: BN and GN at a per-device batch of 32 and 2 (CPU)",
+        title="GN paper, Table 2: BN, GN and LN at a per-device batch of 32, 8 and 2 (CPU)",
         sweep="multirun/cpu_gn_batch_size",
         command=(
             "python train.py -m experiment=gn_batch_size norm=bn,gn batch_size=32,2 "
             "data.train_samples=2000 data.val_samples=2000 trainer.max_epochs=5 "
-            "hydra.sweep.dir=multirun/cpu_gn_batch_size"
+            "hydra.sweep.dir=multirun/cpu_gn_batch_size; the same with norm=ln "
+            "batch_size=32,8,2 'hydra.sweep.subdir=ln_${hydra.job.num}' and with norm=bn,gn "
+            "batch_size=8 'hydra.sweep.subdir=b8_${hydra.job.num}' into the same folder"
         ),
         budget=(
             "ResNet-20, 8 virtual devices, a 2,000-image training subset and 2,000 test "
-            "images, 5 epochs; 3 seeds"
+            "images, 5 epochs; 3 seeds; 27 runs, 31 minutes of CPU"
         ),
         machine=CPU,
     ),
@@ -86,15 +88,17 @@ SECTIONS = [
     ),
     Section(
         name="proxy_norm",
-        title="Proxy Normalization: BN, LN, GN, LN+PN and GN+PN at a normal batch (CPU)",
+        title="Proxy Normalization: BN, LN, GN, LN+PN and GN+PN at a batch of 32 and 2 (CPU)",
         sweep="multirun/cpu_proxy_norm",
         command=(
             "python train.py -m experiment=proxy_norm batch_size=32 data.train_samples=4000 "
-            "data.val_samples=2000 trainer.max_epochs=5 hydra.sweep.dir=multirun/cpu_proxy_norm"
+            "data.val_samples=2000 trainer.max_epochs=5 hydra.sweep.dir=multirun/cpu_proxy_norm; "
+            "the same with batch_size=2 norm=ln,gn,proxy_ln,proxy_gn "
+            "'hydra.sweep.subdir=b2_${hydra.job.num}' into the same folder"
         ),
         budget=(
-            "ResNet-20, 8 virtual devices of 32, a 4,000-image training subset and 2,000 test "
-            "images, 5 epochs, diagnostics by depth after the last epoch; 3 seeds"
+            "ResNet-20, 8 virtual devices of 32 or 2, a 4,000-image training subset and 2,000 "
+            "test images, 5 epochs, diagnostics by depth after the last epoch; 3 seeds; 27 runs"
         ),
         machine=CPU,
     ),

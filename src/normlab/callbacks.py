@@ -313,6 +313,37 @@ class ReconcileNormBuffers(L.Callback):
     state (virtual devices) collapse it to the ranks' mean at the same points.
     """
 
+    def __init__(self) -> None:
+        self.module: nn.Module | None = None
+        self.resume_by_rank: list[list[Tensor]] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.module = pl_module
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's own statistics, for a checkpoint taken mid-epoch (a cluster's warning
+        signal): rank 0 writes only its own into the model's state, and each rank must resume
+        with its own for the run to continue as an uninterrupted one would."""
+        if self.module is None or not (dist.is_available() and dist.is_initialized()):
+            return {}
+        own = [buffer.detach().cpu() for buffer in batch_dependent_buffers(self.module)]
+        every: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, own)
+        return {"by_rank": every}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resume_by_rank = state_dict.get("by_rank")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        saved, self.resume_by_rank = self.resume_by_rank, None
+        if saved is None or len(saved) != trainer.world_size:
+            return  # an epoch-end checkpoint's statistics are the same on every rank
+        with torch.no_grad():
+            for buffer, value in zip(
+                batch_dependent_buffers(pl_module), saved[trainer.global_rank], strict=True
+            ):
+                buffer.copy_(value)
+
     def _reconcile(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
             average_across_ranks(batch_dependent_buffers(pl_module))

@@ -270,3 +270,64 @@ def test_a_killed_job_is_recorded_failed_and_the_sweep_goes_on(
         assert results[0][key] == pytest.approx(baseline[0][key], abs=1e-6), key
     assert results[1]["status"] == "failed" and "CANCELLED" in results[1]["error"]
     print(f"\nscancel: job 1 recorded {results[1]['status']}: {results[1]['error']}")
+
+
+DDP_ARGS = [
+    "trainer=ddp_cpu",  # two tasks of one core: each task is one DDP rank (gloo)
+    "norm=bn",
+    "trainer.max_epochs=12",
+    "batch_size=16",
+    "data.train_samples=1024",
+    "data.val_samples=256",
+    "threads=1",
+    "callbacks.progress=none",
+    "print_config=false",
+    "trainer.num_sanity_val_steps=0",
+]
+
+
+def _ddp_sweep(folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        f"hydra.sweep.dir={folder}",
+        *DDP_ARGS,
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_ddp_job_checkpointed_mid_epoch_resumes_every_rank_exactly(
+    tmp_path: Path, local_cluster: dict[str, str]
+) -> None:
+    """Two ranks (two SLURM tasks): the checkpoint holds every rank's running statistics and
+    random state, so the requeued job ends exactly where an uninterrupted one does."""
+    plain = _ddp_sweep(tmp_path / "plain", local_cluster)
+    output, _ = plain.communicate(timeout=600)
+    assert "1 jobs: 1 completed" in output, output[-2000:]
+    want = json.loads((tmp_path / "plain" / "0" / "results.json").read_text())
+
+    sweep = _ddp_sweep(tmp_path / "signalled", local_cluster)
+    job_dir = tmp_path / "signalled" / "0"
+    deadline = time.time() + 240
+    while not (job_dir / "checkpoints" / "last.ckpt").is_file():
+        assert time.time() < deadline and sweep.poll() is None, "no first checkpoint"
+        time.sleep(0.5)
+    time.sleep(1.5)  # into the next epoch
+    job_id = json.loads((job_dir / "results.json").read_text())["slurm_job_id"]
+    slurm(local_cluster, "scancel", "--signal=USR2", job_id)
+    output, _ = sweep.communicate(timeout=600)
+    assert "1 jobs: 1 completed" in output, output[-2000:]
+    got = json.loads((job_dir / "results.json").read_text())
+    logs = [p.read_text() for p in (tmp_path / "signalled" / ".submitit").rglob("*_log.out")]
+    print(
+        f"\nDDP, 2 ranks, USR2: {[line for log in logs for line in log.splitlines() if 'SIGUSR2' in line]}"
+    )
+    row = {key: (got.get(key), want.get(key)) for key in (*COMPARED, "train_loss", "attempts")}
+    print(f"DDP, 2 ranks, USR2: (interrupted, uninterrupted) {row}")
+    assert got["attempts"] == 2 and got["world_size"] == 2
+    for key in (*COMPARED, "train_loss"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 
@@ -59,7 +60,9 @@ class ResumableLoader(DataLoader):
         self._resume: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches": self._served, "random": random_state()}
+        # Under DDP every rank has its own random state (seeded per rank); rank 0 writes the
+        # checkpoint, so it holds every rank's (Lightning asks every rank for this state).
+        return {"batches": self._served, "random_by_rank": _every_rank(random_state())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = state_dict
@@ -75,10 +78,24 @@ class ResumableLoader(DataLoader):
             for _ in range(int(resume["batches"])):
                 next(batches)
             self._served = int(resume["batches"])
-            set_random_state(resume["random"])
+            by_rank = resume["random_by_rank"]
+            set_random_state(by_rank[_rank() if len(by_rank) > 1 else 0])
         for batch in batches:
             self._served += 1
             yield batch
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _every_rank(value: Any) -> list[Any]:
+    """`value` of every DDP rank, in rank order (a one-item list outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 class HandBackLoaderState(L.Callback):
