@@ -50,7 +50,7 @@ SECTIONS = [
         ),
         budget=(
             "ResNet-20, 8 virtual devices, a 2,000-image training subset and 2,000 test "
-            "images, 5 epochs; 3 seeds; 27 runs, 31 minutes of CPU"
+            "images, 5 epochs; 3 seeds; 27 runs, 32 minutes of CPU in all"
         ),
         machine=CPU,
     ),
