@@ -98,7 +98,7 @@ SECTIONS = [
         ),
         budget=(
             "ResNet-20, 8 virtual devices of 32 or 2, a 4,000-image training subset and 2,000 "
-            "test images, 5 epochs, diagnostics by depth after the last epoch; 3 seeds; 27 runs"
+            "test images, 5 epochs, diagnostics by depth after the last epoch; 3 seeds; 27 runs, 65 minutes of CPU in all"
         ),
         machine=CPU,
     ),
