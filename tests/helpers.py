@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -61,3 +62,18 @@ def compose_config(overrides: list[str]) -> DictConfig:
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
+
+
+def run_in_process(overrides: list[str], output_dir: Path) -> dict[str, Any]:
+    """normlab.train.run on the config `python train.py <overrides>` would run, in this process
+    (the command line's work without its process start); torch's thread count is restored
+    afterwards, since `threads=` sets it for the whole process."""
+    import torch
+
+    from normlab.train import run
+
+    threads = torch.get_num_threads()
+    try:
+        return dict(run(compose_config(overrides), output_dir))
+    finally:
+        torch.set_num_threads(threads)

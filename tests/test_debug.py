@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from normlab.cli import check_config_overrides, check_group_overrides
 from normlab.results import read_results
-from tests.helpers import CONF_DIR, compose_config
+from tests.helpers import CONF_DIR, compose_config, run_in_process
 
 # 64 digits in batches of 16: 4 training steps per epoch, one validation batch.
 TINY = [
@@ -26,15 +25,9 @@ TINY = [
 
 
 def _run(overrides: list[str], output_dir: Path) -> dict:
-    from normlab.train import run
-
-    threads = torch.get_num_threads()
-    try:
-        results = run(compose_config([*TINY, *overrides]), output_dir)
-    finally:
-        torch.set_num_threads(threads)
+    results = run_in_process([*TINY, *overrides], output_dir)
     assert read_results(output_dir)["status"] == results["status"]
-    return dict(results)
+    return results
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,7 @@ import torch
 
 import normlab.build
 from normlab.interruptions import REQUEUE, SignalCheckpoint
-from normlab.train import run
-from tests.helpers import compose_config
+from tests.helpers import run_in_process
 
 # 4 steps per epoch, 2 epochs; the signal arrives during step 5 (epoch 1, its second batch)
 SMALL = [
@@ -55,7 +54,7 @@ def _train(tmp_path: Path, name: str, signum: int | None = None) -> dict[str, An
             f"+callbacks.extra.signal._target_={__name__}.SendSignal",
             f"+callbacks.extra.signal.signum={signum}",
         ]
-    return dict(run(compose_config([*SMALL, *extra]), tmp_path / name))
+    return run_in_process([*SMALL, *extra], tmp_path / name)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -118,8 +117,8 @@ def test_mid_epoch_checkpoint_resumes_exactly_from_another_folder(
     runs: Path, tmp_path: Path
 ) -> None:
     """ckpt_path=<a mid-epoch checkpoint> in a new folder continues it exactly."""
-    cfg = compose_config([*SMALL, f"ckpt_path={runs / 'stopped' / 'checkpoints' / 'last.ckpt'}"])
-    resumed = dict(run(cfg, tmp_path / "elsewhere"))
+    mid_epoch = runs / "stopped" / "checkpoints" / "last.ckpt"
+    resumed = run_in_process([*SMALL, f"ckpt_path={mid_epoch}"], tmp_path / "elsewhere")
     _same_run(_read(runs / "full"), resumed, runs / "full", tmp_path / "elsewhere")
 
 

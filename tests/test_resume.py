@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import compose_config
+from tests.helpers import run_in_process
 
 SMALL = [
     "trainer.max_epochs=2",
@@ -30,9 +30,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _run(overrides: list[str], run_dir: Path) -> dict:
-    from normlab.train import run
-
-    return dict(run(compose_config([*SMALL, *overrides]), run_dir))
+    return run_in_process([*SMALL, *overrides], run_dir)
 
 
 def test_stopped_and_resumed_run_matches_uninterrupted(

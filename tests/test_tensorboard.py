@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.helpers import compose_config
+from tests.helpers import run_in_process
 
 TINY = [
     "data.train_samples=64",
@@ -25,13 +24,7 @@ TINY = [
 
 
 def _run(overrides: list[str], output_dir: Path) -> dict:
-    from normlab.train import run
-
-    threads = torch.get_num_threads()
-    try:
-        return dict(run(compose_config([*TINY, *overrides]), output_dir))
-    finally:
-        torch.set_num_threads(threads)
+    return run_in_process([*TINY, *overrides], output_dir)
 
 
 def _scalars(events: Path) -> dict[str, list[float]]:

@@ -164,6 +164,15 @@ def _check_same(
             assert got[key] == pytest.approx(want[key], abs=1e-6), (case, job, key)
 
 
+def _interrupt_both_mid_training(sweep: Sweep, env: dict[str, str], *command: str) -> str:
+    """Wait until both jobs are past epoch 0, run `command <job id>` on each, and return the
+    sweep's output once it has finished (it must exit 0)."""
+    sweep.wait_mid_training()
+    for job in (0, 1):
+        slurm(env, *command, sweep.job_id(job))
+    return sweep.finish()
+
+
 @pytest.fixture
 def local_cluster() -> Iterator[dict[str, str]]:
     env = _cluster()
@@ -175,10 +184,8 @@ def test_scontrol_requeue(
     tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
 ) -> None:
     sweep = Sweep(tmp_path / "sweep", local_cluster)
-    sweep.wait_mid_training()
-    for job in (0, 1):
-        slurm(local_cluster, "scontrol", "requeue", sweep.job_id(job))
-    assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
+    output = _interrupt_both_mid_training(sweep, local_cluster, "scontrol", "requeue")
+    assert "2 jobs: 2 completed, 0 failed" in output
     _check_same("scontrol requeue", sweep, baseline)
 
 
@@ -188,10 +195,8 @@ def test_submitit_signal_as_preemption(
     """`scancel --signal=USR2`: what submitit takes for a preemption; checkpoint mid-epoch,
     requeue, resume exactly."""
     sweep = Sweep(tmp_path / "sweep", local_cluster)
-    sweep.wait_mid_training()
-    for job in (0, 1):
-        slurm(local_cluster, "scancel", "--signal=USR2", sweep.job_id(job))
-    assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
+    output = _interrupt_both_mid_training(sweep, local_cluster, "scancel", "--signal=USR2")
+    assert "2 jobs: 2 completed, 0 failed" in output
     _check_same("USR2 (submitit's preemption signal)", sweep, baseline)
 
 
@@ -199,10 +204,7 @@ def test_usr1_checkpoints_and_the_job_goes_on(
     tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
 ) -> None:
     sweep = Sweep(tmp_path / "sweep", local_cluster)
-    sweep.wait_mid_training()
-    for job in (0, 1):
-        slurm(local_cluster, "scancel", "--signal=USR1", sweep.job_id(job))
-    output = sweep.finish()
+    output = _interrupt_both_mid_training(sweep, local_cluster, "scancel", "--signal=USR1")
     assert "2 jobs: 2 completed, 0 failed" in output
     logs = [path.read_text() for path in (tmp_path / "sweep" / ".submitit").rglob("*_log.out")]
     assert sum("SIGUSR1: checkpoint at epoch" in log for log in logs) == 2
