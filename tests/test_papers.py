@@ -105,3 +105,39 @@ def test_divergence_claim_and_negated_selector() -> None:
     )
     verdict = check_claim(frame, precise)
     assert verdict.outcome == "disagrees" and "58.00 vs 60.00" in verdict.detail
+
+
+def test_rethinking_ema_claims_compare_the_ema_gap_across_batch_sizes() -> None:
+    def run(batch: int, samples: int, seed: int, acc: float) -> dict:
+        return {
+            "norm": "bn",
+            "batch_size": batch,
+            "precise_bn_samples": samples,
+            "seed": seed,
+            "status": "completed",
+            "val_acc": acc,
+        }
+
+    frame = pd.DataFrame(
+        [
+            run(256, 0, 0, 0.20),
+            run(256, 0, 1, 0.22),
+            run(256, 1000, 0, 0.38),
+            run(256, 10000, 0, 0.42),
+            run(32, 0, 0, 0.50),
+            run(32, 1000, 0, 0.52),
+            run(32, 10000, 0, 0.52),
+        ]
+    )
+    verdicts = check_claims(frame, "rethinking_ema")
+    gap = next(v for v in verdicts if v.claim.kind == "wider_gap")
+    assert gap.outcome == "agrees"
+    assert gap.detail == "difference +19.00 at batch_size 256 vs +2.00 at batch_size 32"
+    close = next(v for v in verdicts if v.claim.kind == "close")  # 10^3 vs 10^4 samples: 45 vs 47
+    assert close.outcome == "disagrees" and "difference -2.00" in close.detail
+    large = next(v for v in verdicts if "large batch" in v.claim.statement)
+    assert large.outcome == "agrees" and "40.00 vs 21.00" in large.detail
+    # the gap inverted: PreciseBN helps more at 32 than at 256
+    flipped = frame.assign(val_acc=[0.40, 0.40, 0.41, 0.41, 0.30, 0.50, 0.50])
+    assert check_claim(flipped, gap.claim).outcome == "disagrees"
+    assert check_claim(frame[frame["batch_size"] == 32], gap.claim).outcome == "not measured"

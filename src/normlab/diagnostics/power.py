@@ -42,7 +42,7 @@ def power_decomposition(y: Tensor, eps: float = 1e-12) -> dict[str, float]:
     }
 
 
-def channel_stats(x: Tensor) -> dict[str, float]:
+def activation_scale(x: Tensor) -> dict[str, float]:
     """Activation scale of a layer ("Understanding BN"): mean |channel mean|, mean channel std,
     and the max/median ratio of channel stds (a few channels dominating)."""
     x = x.detach().double()

@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.diagnostics.power import batch_population_distance, channel_stats, power_decomposition
+from normlab.diagnostics.power import (
+    activation_scale,
+    batch_population_distance,
+    power_decomposition,
+)
 from normlab.models.inspection import forward_with_hooks
 from normlab.norms import is_norm_layer
 
@@ -60,7 +64,7 @@ def probe_layers(model: nn.Module, images: Tensor) -> list[LayerRecord]:
     records = []
     for depth, name in enumerate(order):
         inp, out = seen[name]
-        metrics = {**power_decomposition(out), **channel_stats(inp)}
+        metrics = {**power_decomposition(out), **activation_scale(inp)}
         core = getattr(modules[name], "norm", modules[name])
         running_mean, running_var = (
             getattr(core, "running_mean", None),

@@ -19,7 +19,7 @@ import yaml
 
 from normlab.aggregate import axis_label
 
-CLAIM_KINDS = ("better", "not_worse", "order", "less_spread", "close", "diverges")
+CLAIM_KINDS = ("better", "not_worse", "order", "less_spread", "close", "diverges", "wider_gap")
 Selector = dict[str, Any]
 
 
@@ -157,6 +157,8 @@ def check_claim(frame: pd.DataFrame, claim: Claim) -> Verdict:
         return Verdict(claim, outcome, f"{diverged} of {len(finished)} runs diverged")
     if claim.kind == "less_spread":
         return _check_spread(frame, claim)
+    if claim.kind == "wider_gap":
+        return _check_gap(frame, claim)
     if claim.kind == "order":
         stats = [_stats(frame, row, claim.value) for row in claim.rows]
         if any(n == 0 for _, _, n in stats):
@@ -197,6 +199,22 @@ def _check_spread(frame: pd.DataFrame, claim: Claim) -> Verdict:
     ok = spreads[0] < spreads[1]
     detail = f"range over {claim.axis}: {spreads[0]:.2f} vs {spreads[1]:.2f} points"
     return Verdict(claim, "agrees" if ok else "disagrees", detail)
+
+
+def _check_gap(frame: pd.DataFrame, claim: Claim) -> Verdict:
+    """a - b where rows[0] holds, against a - b where rows[1] holds."""
+    gaps = []
+    for where in claim.rows:
+        mean_a, std_a, n_a = _stats(frame, {**claim.a, **where}, claim.value)
+        mean_b, std_b, n_b = _stats(frame, {**claim.b, **where}, claim.value)
+        if n_a == 0 or n_b == 0:
+            return Verdict(claim, "not measured", f"completed runs where {where}: a {n_a}, b {n_b}")
+        gaps.append((mean_a - mean_b, max(std_a, std_b)))
+    (wide, noise_wide), (narrow, noise_narrow) = gaps
+    labels = [", ".join(f"{k} {axis_label(v)}" for k, v in where.items()) for where in claim.rows]
+    detail = f"difference {wide:+.2f} at {labels[0]} vs {narrow:+.2f} at {labels[1]}"
+    outcome = "agrees" if wide > narrow else "disagrees"
+    return Verdict(claim, outcome, detail, abs(wide - narrow) <= max(noise_wide, noise_narrow))
 
 
 def check_claims(frame: pd.DataFrame, preset: str) -> list[Verdict]:
