@@ -54,3 +54,19 @@ def test_epoch_curves_leave_out_unfinished_and_diverged_runs() -> None:
 def test_no_diagnostics_no_figure(tmp_path: Path) -> None:
     frame = sweep_rows((2,)).drop(columns="diagnostics")
     assert plot_diagnostics_by_depth(frame, tmp_path / "d.png", ["norm"]) is None
+
+
+def test_accuracy_by_epoch_has_one_panel_per_batch_size_when_the_sweep_varies_it(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    frame = sweep_rows((2, 8, 32))
+    one = plot_accuracy_by_epoch(frame, tmp_path / "one.png", ["norm"])
+    panels = plot_accuracy_by_epoch(frame, tmp_path / "panels.png", ["norm", "batch_size"])
+    single_batch = plot_accuracy_by_epoch(
+        sweep_rows((8,)), tmp_path / "single.png", ["norm", "batch_size"]
+    )
+    width = {p.stem: Image.open(p).size[0] for p in (one, panels, single_batch)}
+    assert width["panels"] > 2 * width["one"]  # three panels side by side
+    assert width["single"] == width["one"]  # one batch size: one panel

@@ -80,22 +80,50 @@ def epoch_curves(frame: pd.DataFrame, series: Sequence[str], key: str = "val/acc
     return curves
 
 
-def plot_accuracy_by_epoch(frame: pd.DataFrame, path: Path, series: Sequence[str]) -> Path:
+def plot_accuracy_by_epoch(
+    frame: pd.DataFrame, path: Path, series: Sequence[str], panel: str = "batch_size"
+) -> Path:
     """Validation accuracy after every epoch, one line per series with a seed band: how EMA and
-    PreciseBN statistics track the model during training (Rethinking BN, Sec. 3)."""
+    PreciseBN statistics track the model during training (Rethinking BN, Sec. 3). Where the
+    sweep varies `panel` beside other axes, one panel per value of it (the paper's figures, one
+    per batch size), each series in the same colour in every panel."""
     curves = epoch_curves(frame, series)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, rows in curves.groupby(list(series), sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        epochs = rows["epoch"].to_numpy() + 1
-        mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0).to_numpy()
-        (line,) = ax.plot(epochs, mean, marker=".", label=series_name(key, series))
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val accuracy (%)")
-    _finish(fig, ax, path)
+    faceted = len(series) > 1 and panel in series and curves[panel].nunique() > 1
+    lines = [a for a in series if a != panel] if faceted else list(series)
+    values = _natural_sorted(curves[panel].unique()) if faceted else [None]
+    keys = list(dict.fromkeys(curves[lines].itertuples(index=False, name=None)))
+    colours = {key: f"C{i % 10}" for i, key in enumerate(keys)}
+    fig, axes = plt.subplots(
+        1, len(values), figsize=(1.5 + 4.0 * len(values), 3.8), sharey=True, squeeze=False
+    )
+    for ax, value in zip(axes[0], values, strict=True):
+        shown = curves if value is None else curves[curves[panel] == value]
+        for key, rows in shown.groupby(lines, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            epochs = rows["epoch"].to_numpy() + 1
+            mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0).to_numpy()
+            colour = colours[key]
+            ax.plot(epochs, mean, marker=".", color=colour, label=series_name(key, lines))
+            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if value is not None:
+            ax.set_title(f"{panel} = {value}", fontsize=9)
+    axes[0][0].set_ylabel("val accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
+
+
+def _natural_sorted(values: Sequence[str]) -> list[str]:
+    """Axis labels in numeric order where they are numbers, else in text order."""
+    numbers = pd.to_numeric(pd.Series(list(values)), errors="coerce")
+    if numbers.notna().all():
+        return [v for _, v in sorted(zip(numbers, values, strict=True))]
+    return sorted(values)
 
 
 def plot_diagnostics_by_depth(
