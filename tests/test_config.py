@@ -250,3 +250,29 @@ def test_hydra_own_flags_pass_preflight_untouched(args: list[str]) -> None:
     help and another config name are Hydra's to answer: preflight judges none of their words."""
     assert check_group_overrides(args, CONF_DIR) is None
     assert check_config_overrides(args, CONF_DIR) is None
+
+
+def readme_preset_rows() -> dict[str, dict[str, str]]:
+    """The README's "Reproduce a paper" table: preset name -> {column header: cell}."""
+    lines = (CONF_DIR.parent / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| preset |"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = dict(zip(header, cells, strict=True))
+    return rows
+
+
+def test_the_readme_names_every_preset_with_the_runs_its_grid_holds() -> None:
+    rows = readme_preset_rows()
+    presets = group_choices(CONF_DIR, "experiment")
+    assert sorted(rows) == sorted(presets)
+    for preset in presets:
+        cfg = compose_train([f"experiment={preset}"])
+        grid = cfg.hydra.sweeper.params
+        runs = functools.reduce(lambda n, axis: n * len(str(grid[axis]).split(",")), grid, 1)
+        assert rows[preset]["runs"] == str(runs), preset
+        assert f"experiment={preset}`" in rows[preset]["command"]
