@@ -93,7 +93,10 @@ def test_every_option_of_every_group_builds(
     if option.startswith(("data=", "scale=", "experiment=")) or option == "model=timm":
         overrides.append("logger=none")
     threads = torch.get_num_threads()
-    run = build_run(compose_config([*overrides]), tmp_path)
+    cfg = compose_config([*overrides])
+    if cfg.precise_bn.compare_samples:  # a preset's sample counts, shrunk to the tiny tree
+        cfg.precise_bn.compare_samples = [8]
+    run = build_run(cfg, tmp_path)
     try:
         assert run.trainer is not None and run.module.model is run.model
         assert sum(p.numel() for p in run.model.parameters()) > 0
@@ -113,6 +116,8 @@ def test_every_preset_trains_two_steps(
         [f"experiment={preset}", f"scale={scale}", *SHRINK, *_data_overrides("scale=" + scale, tiny_tree),
          "logger=none"]
     )  # fmt: skip
+    if cfg.precise_bn.compare_samples:  # the preset's sample counts, shrunk to the tiny tree
+        cfg.precise_bn.compare_samples = [8]
     threads = torch.get_num_threads()
     try:
         results = run(cfg, tmp_path)
@@ -120,3 +125,5 @@ def test_every_preset_trains_two_steps(
         torch.set_num_threads(threads)
     assert results["status"] == "completed", results.get("error")
     assert results["steps"] == 2 and results["preset"] == preset
+    if cfg.precise_bn.compare_samples:
+        assert list(results["precise_bn_compare"]) == ["8"]

@@ -59,3 +59,51 @@ def test_a_sweep_without_a_preset_still_gets_its_table_and_plot(tmp_path: Path) 
     assert "| gn | 55.00 ± 7.07 (n=2) |" in text and "paper" not in text
     assert outputs["plot"].stat().st_size > 5000  # one batch size: one point per norm
     assert len(collect_results(tmp_path)) == 2
+
+
+def test_runs_compared_with_precise_bn_give_rows_per_sample_count(tmp_path: Path) -> None:
+    """A rethinking_ema sweep of EMA runs that were also evaluated with PreciseBN: each
+    comparison is a row of its own, judged by the paper's claims, never counted as a run."""
+    job = 0
+    for batch, ema, precise in [
+        (32, [0.50, 0.52], [0.53, 0.55]),
+        (256, [0.20, 0.24], [0.40, 0.42]),
+    ]:
+        for seed in range(2):
+            history = [
+                {"epoch": e, "val/acc": ema[seed] - 0.1 * (1 - e), "val/loss": 1.0,
+                 "val/acc_precise_bn_1000": precise[seed] - 0.1 * (1 - e) - 0.01,
+                 "val/acc_precise_bn_10000": precise[seed] - 0.1 * (1 - e)}
+                for e in range(2)
+            ]  # fmt: skip
+            write_results(
+                tmp_path / str(job),
+                {"status": "completed", "norm": "bn", "batch_size": batch, "seed": seed,
+                 "momentum": 0.1, "precise_bn_samples": 0, "preset": "rethinking_ema",
+                 "val_acc": ema[seed], "val_loss": 1.0, "history": history,
+                 "precise_bn_compare": {"1000": precise[seed] - 0.01, "10000": precise[seed]}},
+            )  # fmt: skip
+            job += 1
+    write_results(tmp_path / str(job), {"status": "running", "norm": "bn", "batch_size": 32,
+                                        "seed": 2, "momentum": 0.1, "precise_bn_samples": 0,
+                                        "preset": "rethinking_ema"})  # fmt: skip
+    frame = collect_results(tmp_path)
+    assert len(frame) == 5 + 8
+    derived = frame[frame["compared_from"].notna()].set_index("run")
+    row = derived.loc["1+precise_bn_10000"]
+    assert row["compared_from"] == "1" and row["precise_bn_samples"] == 10000
+    assert row["val_acc"] == 0.55 and row["best_val_acc"] == 0.55 and row["seed"] == 1
+    assert [round(e["val/acc"], 6) for e in row["history"]] == [0.45, 0.55]
+    assert row["val_loss"] is None or row["val_loss"] != row["val_loss"]  # not the EMA's loss
+    text = write_report(tmp_path)["markdown"].read_text()
+    assert text.startswith("runs: 5 (4 completed, 1 running), and 8 PreciseBN evaluations")
+    assert "| 256 | 0 | 22.00 ± 2.83 (n=2) |" in text
+    assert "| 256 | 10000 | 41.00 ± 1.41 (n=2) |" in text
+    assert "| 32 | 0 | 51.00 ± 1.41 (n=2) [unfinished 1] |" in text
+    assert (
+        "| At a large batch (256) PreciseBN is better than the EMA | rethinking: Section 3 | agrees"
+        in text
+    )
+    assert "difference +18.50 at batch_size 256 vs +2.50 at batch_size 32" in text
+    table = (tmp_path / "table.txt").read_text()
+    assert table.startswith("runs: 5 (4 completed, 1 running)")

@@ -26,6 +26,15 @@ def flatten_norm_params(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{f"norm.{key}": params.apply(lambda p, k=key: p.get(k)) for key in keys})
 
 
+def own_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are runs, without the rows of PreciseBN evaluations compared within a run
+    (precise_bn.compare_samples; normlab.report.compared_rows), which name it in
+    `compared_from`."""
+    if "compared_from" not in frame:
+        return frame
+    return frame[frame["compared_from"].isna()]
+
+
 def seed_summary(
     frame: pd.DataFrame, axes: Sequence[str], value: str = "val_acc", scale: float = 100.0
 ) -> pd.DataFrame:

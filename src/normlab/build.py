@@ -79,6 +79,8 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     )
     check_norm_batch_size(model, batch_size)
     check_precise_bn_samples(int(cfg.precise_bn.num_samples), datamodule)
+    for num_samples in cfg.precise_bn.get("compare_samples") or []:
+        check_precise_bn_samples(int(num_samples), datamodule, "precise_bn.compare_samples")
     set_virtual_batch_size(model, batch_size if virtual > 1 else None)
     target = build_target_domain(cfg, datamodule)
     ckpt_path = resume_checkpoint(cfg, output_dir)
@@ -213,13 +215,15 @@ def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:
             check(batch_size)
 
 
-def check_precise_bn_samples(num_samples: int, datamodule: ImageDataModule) -> None:
+def check_precise_bn_samples(
+    num_samples: int, datamodule: ImageDataModule, key: str = "precise_bn.num_samples"
+) -> None:
     """Refuse, before training, a PreciseBN sample count the training set cannot supply (it
     failed only at the first validation, after an epoch of work)."""
     available = len(datamodule.train_set)  # type: ignore[arg-type]
     if num_samples > available:
         raise ValueError(
-            f"precise_bn.num_samples={num_samples} exceeds the {available} training samples of "
+            f"{key}={num_samples} exceeds the {available} training samples of "
             f"data={datamodule.name}; use at most {available}"
         )
 

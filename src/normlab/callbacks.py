@@ -26,6 +26,7 @@ from normlab.norms import is_norm_layer
 from normlab.norms.virtual import reconcile_virtual_ranks
 from normlab.results import RunResult
 from normlab.stats.callbacks import EvalStatsCallback, FrozenBNCallback, PreciseBNCallback
+from normlab.stats.compare import PreciseBNComparison
 
 SUMMARY_FILE = ".fit_summary.json"  # FitSummary's hand-over in the run folder, removed once read
 
@@ -69,7 +70,7 @@ def build_callbacks(
     bar = progress_bar(str(cfg.callbacks.get("progress", "rich")))
     if bar is not None:
         callbacks.append(bar)
-    callbacks.extend(statistics_callbacks(cfg, virtual_devices))
+    callbacks.extend(statistics_callbacks(cfg, virtual_devices, world_size))
     callbacks.append(diagnostics_callback(cfg, output_dir))
     callbacks.extend(extra_callbacks(cfg.callbacks.get("extra")))
     return callbacks
@@ -101,9 +102,12 @@ def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpo
     return callbacks
 
 
-def statistics_callbacks(cfg: DictConfig, virtual_devices: int = 1) -> list[L.Callback]:
-    """PreciseBN, FrozenBN and evaluation-statistics callbacks (none when all are off); under
-    virtual devices PreciseBN estimates with per-chunk statistics at precise_bn.batch_size."""
+def statistics_callbacks(
+    cfg: DictConfig, virtual_devices: int = 1, world_size: int = 1
+) -> list[L.Callback]:
+    """PreciseBN, the EMA-vs-PreciseBN comparison, FrozenBN and evaluation-statistics callbacks
+    (none when all are off); under virtual devices PreciseBN estimates with per-chunk statistics
+    at precise_bn.batch_size."""
     callbacks: list[L.Callback] = []
     precise: PreciseBNCallback | None = None
     num_samples = int(cfg.precise_bn.num_samples)
@@ -114,6 +118,18 @@ def statistics_callbacks(cfg: DictConfig, virtual_devices: int = 1) -> list[L.Ca
             num_samples, int(cfg.precise_bn.batch_size), int(cfg.seed), virtual_devices
         )
         callbacks.append(precise)
+    compare = [int(n) for n in cfg.precise_bn.get("compare_samples") or []]
+    if compare:
+        if world_size > 1:
+            raise ValueError(
+                "precise_bn.compare_samples evaluates in one process (virtual_devices are fine); "
+                "for a DDP run, evaluate its checkpoints with eval.py 'precise_bn_samples=[...]'"
+            )
+        callbacks.append(
+            PreciseBNComparison(
+                compare, int(cfg.precise_bn.batch_size), int(cfg.seed), virtual_devices
+            )
+        )
     if int(cfg.frozen_bn.last_epochs) > 0:
         callbacks.append(
             FrozenBNCallback(

@@ -15,6 +15,7 @@ from normlab.aggregate import (
     axis_label,
     flatten_norm_params,
     format_cell,
+    own_runs,
     seed_summary,
 )
 from normlab.papers import PublishedRow, Verdict, check_claims, papers, published_rows
@@ -127,11 +128,20 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def markdown(report: SweepReport, figures: dict[str, Path], folder: Path) -> str:
     """The whole report as Markdown: counts, table, the paper's claims, figures."""
-    counts = report.frame["status"].value_counts()
+    runs = own_runs(report.frame)
+    counts = runs["status"].value_counts()
+    compared = len(report.frame) - len(runs)
     lines = [
-        f"runs: {len(report.frame)} ("
+        f"runs: {len(runs)} ("
         + ", ".join(f"{int(n)} {s}" for s, n in counts.items())
-        + "); mean ± sample std over completed seeds, n = completed seeds; failed, diverged and "
+        + ")"
+        + (
+            f", and {compared} PreciseBN evaluations compared within them (the rows with "
+            "PreciseBN samples: the same weights as the run's EMA row)"
+            if compared
+            else ""
+        )
+        + "; mean ± sample std over completed seeds, n = completed seeds; failed, diverged and "
         "unfinished runs are counted in brackets, never averaged in",
         "",
         markdown_table(table(report)),

@@ -111,7 +111,8 @@ def plot_accuracy_by_epoch(
         if value is not None:
             ax.set_title(f"{panel} = {value}", fontsize=9)
     axes[0][0].set_ylabel("val accuracy (%)")
-    axes[0][0].legend(fontsize=7)
+    if keys:  # runs without a history (not finished, or from before it was kept) draw nothing
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -169,7 +170,8 @@ def plot_diagnostics_by_depth(
 
 def _finish(fig: plt.Figure, ax: plt.Axes, path: Path) -> None:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # nothing completed yet: an empty figure, no legend
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

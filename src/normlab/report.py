@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from normlab.aggregate import own_runs
 from normlab.paper_report import write_paper_report
-from normlab.results import COLUMN_FIELDS, RESULTS_FILE
+from normlab.results import COLUMN_FIELDS, RESULTS_FILE, compared_metric
 
 # Columns of results.csv: RunResult's Column fields, then the shifted-domain accuracies taken
 # out of its domain_shift field (with the source statistics, with re-estimated ones).
@@ -18,6 +20,10 @@ SHIFT_COLUMNS = {
     "shift_acc_target_stats": "target_acc_target_stats",
 }
 COLUMNS = [*COLUMN_FIELDS, *SHIFT_COLUMNS]
+# What a row of a compared PreciseBN evaluation does not share with its run: metrics that were
+# measured with the run's own statistics only.
+DERIVED_LEAVE_OUT = ("precise_bn_compare", "val_loss", "val_acc5", "diagnostics", "domain_shift",
+                     *SHIFT_COLUMNS)  # fmt: skip
 
 # Axes besides norm and batch size that become rows of the table when a sweep varies them.
 STATS_AXES = [
@@ -43,6 +49,7 @@ def collect_results(folder: Path) -> pd.DataFrame:
         for column, key in SHIFT_COLUMNS.items():
             record[column] = shift.get(key)
         rows.append(record)
+        rows.extend(compared_rows(record))
     if not rows:
         raise FileNotFoundError(f"no {RESULTS_FILE} below {folder}")
     frame = pd.DataFrame(rows)
@@ -52,9 +59,36 @@ def collect_results(folder: Path) -> pd.DataFrame:
     return frame
 
 
+def compared_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per PreciseBN sample count a run was also evaluated with
+    (precise_bn.compare_samples): the run's axes with that `precise_bn_samples`, the accuracy
+    and history of that evaluation, and `compared_from` naming the run. Reports then compare
+    EMA and PreciseBN as rows, like separate runs, though both come from the same weights."""
+    rows = []
+    for samples in record.get("precise_bn_compare") or {}:
+        key = compared_metric(int(samples))
+        history = [
+            {"epoch": epoch["epoch"], "val/acc": epoch[key]}
+            for epoch in record.get("history") or []
+            if epoch.get(key) is not None
+        ]
+        row = {k: v for k, v in record.items() if k not in DERIVED_LEAVE_OUT}
+        row.update(
+            run=f"{record['run']}+precise_bn_{samples}",
+            compared_from=record["run"],
+            precise_bn_samples=int(samples),
+            val_acc=record["precise_bn_compare"][samples],
+            best_val_acc=max((e["val/acc"] for e in history), default=None),
+            history=history,
+        )
+        rows.append(row)
+    return rows
+
+
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
-    """How many runs completed, diverged, failed (or are still running)."""
-    return {str(k): int(v) for k, v in frame["status"].value_counts().items()}
+    """How many runs completed, diverged, failed (or are still running); PreciseBN evaluations
+    compared within a run are not runs of their own."""
+    return {str(k): int(v) for k, v in own_runs(frame)["status"].value_counts().items()}
 
 
 def varied_axes(frame: pd.DataFrame) -> list[str]:
@@ -101,7 +135,7 @@ def write_report(folder: Path) -> dict[str, Path]:
     frame[[c for c in ["run", *COLUMNS] if c in frame]].to_csv(outputs["csv"], index=False)
     table = accuracy_table(frame)
     counts = ", ".join(f"{v} {k}" for k, v in status_counts(frame).items())
-    text = f"runs: {len(frame)} ({counts})\n\n"
+    text = f"runs: {len(own_runs(frame))} ({counts})\n\n"
     text += table.to_string() if not table.empty else "no completed runs yet"
     shifted = shift_table(frame)
     if not shifted.empty:

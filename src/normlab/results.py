@@ -84,6 +84,17 @@ class RunResult(TypedDict, total=False):
     eval_alpha: Column[float]
     diagnostics: Sometimes[dict[str, Any]]  # diagnostics.every_n_epochs > 0
     domain_shift: Sometimes[dict[str, Any]]  # precise_bn.data set, completed runs
+    # precise_bn.compare_samples set: final accuracy with PreciseBN over N samples, keyed "N"
+    precise_bn_compare: Sometimes[dict[str, float | None]]
+
+
+COMPARED_METRIC = "val/acc_precise_bn_{}"  # history key of precise_bn.compare_samples' N
+
+
+def compared_metric(num_samples: int) -> str:
+    """The history key of the accuracy with PreciseBN over `num_samples` samples, which a run
+    with precise_bn.compare_samples records beside its own val/acc."""
+    return COMPARED_METRIC.format(int(num_samples))
 
 
 def _fields(marker: str | None = None) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from normlab.environment import (
     slurm_job_id,
     under_slurm,
 )
-from normlab.results import USER_ERRORS, RunResult, redact, write_results
+from normlab.results import USER_ERRORS, RunResult, compared_metric, redact, write_results
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.wandb_logging import log_results_table
@@ -113,6 +113,11 @@ def fit_results(cfg: DictConfig, parts: Run, output_dir: Path) -> RunResult:
         "resumed_from": parts.ckpt_path,
         "num_params": sum(p.numel() for p in parts.model.parameters()),
     }
+    compared = cfg.precise_bn.get("compare_samples") or []
+    if compared:
+        results["precise_bn_compare"] = {
+            str(int(n)): _last(history, compared_metric(int(n))) for n in compared
+        }
     diagnostics = read_diagnostics(output_dir)
     if diagnostics:
         results["diagnostics"] = diagnostics

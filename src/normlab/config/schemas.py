@@ -227,6 +227,10 @@ class PreciseBNConfig:
     num_samples: int = 0
     # estimation batch size (the training batch size unless studying that effect)
     batch_size: int = II("batch_size")
+    # also evaluate, after every epoch, with PreciseBN over each of these sample counts, from the
+    # same weights, keeping the run's own statistics (Rethinking BN's EMA-vs-PreciseBN on one
+    # model): history val/acc_precise_bn_<N>, results.json precise_bn_compare, a report row each
+    compare_samples: list[int] = field(default_factory=list)
     # changes to the data config for a shifted domain, e.g.
     # +precise_bn.data.corruption=gaussian_noise: at the end the run reports shifted accuracy
     # with source and re-estimated statistics
