@@ -37,7 +37,9 @@ FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stat
 	tests/stats/test_precise_bn_virtual.py tests/test_optim.py tests/test_config.py tests/test_lit.py \
 	tests/test_runtime.py tests/test_report.py tests/test_diagnostics.py tests/test_papers.py \
 	tests/test_plots.py tests/test_paper_report.py tests/test_folder_cache.py \
-	tests/test_slurm_request.py tests/test_every_option.py::test_every_option_of_every_group_builds
+	tests/test_slurm_request.py tests/test_every_option.py::test_every_option_of_every_group_builds \
+	tests/test_run_records.py::test_records_hold_no_path_of_the_machine_and_give_back_the_sweep \
+	tests/test_run_records.py::test_bad_records_are_refused_in_one_line
 
 test-fast: $(STAMP) ## in-process tests only, about 1.5 minutes on 2 cores (no train.py subprocesses)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow" $(FAST_TESTS) $(ARGS)
@@ -63,7 +65,7 @@ bench: $(BENCH_STAMP) ## every benchmark (norms, framework, virtual devices, Pre
 report: $(STAMP) ## table + plots of a sweep folder: make report ARGS=multirun/<date>/<time>
 	$(BIN)/python scripts/report.py $(ARGS)
 
-results: $(STAMP) ## regenerate docs/results.md from the published sweep folders (scripts/results.py)
+results: $(STAMP) ## regenerate docs/results.md from the committed run records (ARGS=--publish: first copy them from multirun/)
 	$(BIN)/python scripts/results.py $(ARGS)
 
 data: $(STAMP) ## unpack the shared CIFAR-10 JPEGs into .cache/data
