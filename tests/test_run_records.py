@@ -1,0 +1,90 @@
+"""A sweep's committed run records (normlab.run_records) give back the sweep's own report, and
+docs/results.md is exactly what `make results` writes from the committed records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from normlab.report import collect_results, write_report
+from normlab.results import write_results
+from normlab.run_records import export_records, load_records, materialize_records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_sweep(root: Path) -> Path:
+    """A small sweep under `root` whose records name paths of `root`, as real runs do."""
+    sweep = root / "multirun" / "sweep"
+    runs = [
+        ("0", "bn", 2, "completed", 0.5),
+        ("1", "gn", 2, "completed", 0.6),
+        ("b2_0", "ln", 2, "failed", None),
+    ]
+    for run, norm, batch, status, acc in runs:
+        write_results(
+            sweep / run,
+            {
+                "status": status,
+                "norm": norm,
+                "batch_size": batch,
+                "val_acc": acc,
+                "seed": 0,
+                "history": [{"epoch": 0, "val/acc": acc or 0.0}],
+                "output_dir": str(sweep / run),
+                "resumed_from": str(sweep / run / "checkpoints" / "last.ckpt"),
+            },
+        )
+    return sweep
+
+
+def test_records_hold_no_path_of_the_machine_and_give_back_the_sweep(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    records = tmp_path / "published" / "sweep.jsonl"
+    assert export_records(sweep, records, tmp_path) == 3
+    text = records.read_text()
+    assert str(tmp_path) not in text
+    first = load_records(records)[0]
+    assert first["run"] == "0" and first["output_dir"] == "multirun/sweep/0"
+    assert first["resumed_from"] == "multirun/sweep/0/checkpoints/last.ckpt"
+
+    again = tmp_path / "again"
+    assert materialize_records(records, again) == 3
+    original = collect_results(sweep).drop(columns=["output_dir", "resumed_from"])
+    restored = collect_results(again).drop(columns=["output_dir", "resumed_from"])
+    pd.testing.assert_frame_equal(original, restored)
+    assert (again / "b2_0" / "results.json").is_file()
+    assert write_report(again)["markdown"].read_text().startswith("runs: 3 (2 completed, 1 failed)")
+
+
+def test_bad_records_are_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no run records"):
+        load_records(tmp_path / "missing.jsonl")
+    no_run = tmp_path / "no_run.jsonl"
+    no_run.write_text(json.dumps({"status": "completed"}) + "\n")
+    with pytest.raises(ValueError, match="lines \\[1\\] have no 'run'"):
+        load_records(no_run)
+    escaping = tmp_path / "escaping.jsonl"
+    escaping.write_text(json.dumps({"run": "../../elsewhere", "status": "completed"}) + "\n")
+    with pytest.raises(ValueError, match="outside the sweep folder"):
+        materialize_records(escaping, tmp_path / "sweep")
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"run": "0", "status": "completed", "val_accuracy": 1}) + "\n")
+    with pytest.raises(ValueError, match="no field val_accuracy"):
+        materialize_records(unknown, tmp_path / "sweep2")
+
+
+def test_publish_names_the_sections(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "results.py"), "--publish", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert "no section nope; choose from gn_batch_size, rethinking_ema, proxy_norm" in done.stderr
