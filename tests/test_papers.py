@@ -113,6 +113,7 @@ def test_rethinking_ema_claims_compare_the_ema_gap_across_batch_sizes() -> None:
             "norm": "bn",
             "batch_size": batch,
             "precise_bn_samples": samples,
+            "momentum": 0.01,
             "seed": seed,
             "status": "completed",
             "val_acc": acc,
@@ -137,6 +138,8 @@ def test_rethinking_ema_claims_compare_the_ema_gap_across_batch_sizes() -> None:
     assert close.outcome == "disagrees" and "difference -2.00" in close.detail
     large = next(v for v in verdicts if "large batch" in v.claim.statement)
     assert large.outcome == "agrees" and "40.00 vs 21.00" in large.detail
+    faster = check_claim(frame.assign(momentum=0.1), large.claim)
+    assert faster.outcome == "not measured"  # the claim is about the slow EMA
     # the gap inverted: PreciseBN helps more at 32 than at 256
     flipped = frame.assign(val_acc=[0.40, 0.40, 0.41, 0.41, 0.30, 0.50, 0.50])
     assert check_claim(flipped, gap.claim).outcome == "disagrees"
