@@ -107,3 +107,17 @@ def test_runs_compared_with_precise_bn_give_rows_per_sample_count(tmp_path: Path
     assert "difference +18.50 at batch_size 256 vs +2.50 at batch_size 32" in text
     table = (tmp_path / "table.txt").read_text()
     assert table.startswith("runs: 5 (4 completed, 1 running)")
+
+
+def test_a_norms_default_momentum_is_not_a_swept_axis_but_a_swept_momentum_is() -> None:
+    import pandas as pd
+
+    from normlab.paper_report import swept_axes
+
+    runs = [("bn", 2, 0.1), ("bn", 4, 0.1), ("brn", 2, 0.01), ("brn", 4, 0.01), ("gn", 2, None)]
+    frame = pd.DataFrame(
+        [{"norm": n, "batch_size": b, "momentum": m, "status": "completed"} for n, b, m in runs]
+    )
+    assert swept_axes(frame) == ["norm", "batch_size"]
+    swept = pd.concat([frame, pd.DataFrame([{"norm": "bn", "batch_size": 2, "momentum": 0.01}])])
+    assert swept_axes(swept) == ["norm", "batch_size", "momentum"]

@@ -56,13 +56,20 @@ class SweepReport:
 def swept_axes(frame: pd.DataFrame) -> list[str]:
     """The run axes whose value differs between runs (the seed aside), in table order; `norm`
     always, so a one-norm sweep still names its method. Derived values (the scaled lr, the
-    global batch) are not axes: they follow from the axes."""
+    global batch) are not axes: they follow from the axes. A norm's own parameters (its
+    momentum, norm.<param>) are axes only where they differ between runs of one norm, not
+    merely between norms with different defaults (BRN's momentum 0.01 against BN's 0.1)."""
     axes = []
     for axis in AXIS_NAMES:
         if axis not in frame:
             continue
         # A run that has not finished may lack the axes written at its end: only values decide.
-        if axis == "norm" or frame[axis].dropna().map(axis_label).nunique() > 1:
+        values = frame[axis].map(axis_label).where(frame[axis].notna())
+        if axis in ("momentum",) or axis.startswith("norm."):
+            varies = (values.groupby(frame["norm"]).nunique() > 1).any()
+        else:
+            varies = values.dropna().nunique() > 1
+        if axis == "norm" or varies:
             axes.append(axis)
     return axes
 
