@@ -76,7 +76,7 @@ SECTIONS = [
         ),
         budget=(
             "ResNet-20 on one device, a 10,000-image training subset and 2,000 test images, "
-            "5 epochs (1,565 steps at batch 32, 195 at 256); every run evaluates after every "
+            "5 epochs (1,560 steps at batch 32, 195 at 256); every run evaluates after every "
             "epoch with its EMA and, from the same weights, with PreciseBN over 1,000 and 10,000 "
             "training samples (the preset's precise_bn.compare_samples); 3 seeds"
         ),
@@ -96,6 +96,45 @@ SECTIONS = [
         budget=(
             "ResNet-20, 8 virtual devices of 32 or 2, a 4,000-image training subset and 2,000 "
             "test images, 5 epochs, diagnostics by depth after the last epoch; 3 seeds"
+        ),
+        machine=CPU,
+    ),
+    Section(
+        name="small_batch",
+        title="Small-batch replacements of BN: BN, GN, BGN, CBN, BRN and IEBN at a batch of 2 "
+        "and 4 (CPU)",
+        sweep="multirun/cpu_small_batch",
+        command=(
+            "python train.py -m experiment=small_batch batch_size=2 data.train_samples=2000 "
+            "data.val_samples=2000 trainer.max_epochs=5 threads=1 "
+            "hydra.sweep.dir=multirun/cpu_small_batch 'hydra.sweep.subdir=b2_${hydra.job.num}'; "
+            "the same with batch_size=4 'hydra.sweep.subdir=b4_${hydra.job.num}' into the same "
+            "folder"
+        ),
+        budget=(
+            "ResNet-20 on one device (the batch is the whole batch: CBN cannot be emulated by "
+            "virtual devices), a 2,000-image training subset and 2,000 test images, 5 epochs; "
+            "3 seeds"
+        ),
+        machine=CPU,
+    ),
+    Section(
+        name="rethinking_consistency",
+        title="Rethinking BN, Sec. 4-5: FrozenBN in the last epoch, batch statistics at "
+        "inference, re-estimated statistics on a noisy domain, at a batch of 2 and 32 (CPU)",
+        sweep="multirun/cpu_rethinking_consistency",
+        command=(
+            "python train.py -m experiment=rethinking_consistency batch_size=2 "
+            "frozen_bn.last_epochs=0,1 data.train_samples=2000 data.val_samples=2000 "
+            "trainer.max_epochs=5 threads=1 hydra.sweep.dir=multirun/cpu_rethinking_consistency "
+            "'hydra.sweep.subdir=b2_${hydra.job.num}'; the same with batch_size=32 "
+            "'hydra.sweep.subdir=b32_${hydra.job.num}' into the same folder"
+        ),
+        budget=(
+            "ResNet-20, 8 virtual devices of 2 or 32, a 2,000-image training subset and 2,000 "
+            "test images, 5 epochs, FrozenBN in the last of them (the preset's 5 of 30 scaled "
+            "down), the shifted domain (Gaussian noise on the test images) evaluated at the end "
+            "with the source statistics and with statistics re-estimated on it; 3 seeds"
         ),
         machine=CPU,
     ),

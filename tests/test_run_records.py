@@ -79,6 +79,21 @@ def test_bad_records_are_refused_in_one_line(tmp_path: Path) -> None:
         materialize_records(unknown, tmp_path / "sweep2")
 
 
+def test_docs_results_is_what_make_results_writes_from_the_committed_records(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results.md"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "results.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert out.read_text() == (REPO / "docs" / "results.md").read_text()
+    for figure in (REPO / "docs" / "results").glob("*/*.png"):
+        assert (tmp_path / "results" / figure.parent.name / figure.name).is_file(), figure
+
+
 def test_publish_names_the_sections(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "results.py"), "--publish", "nope"],
@@ -87,4 +102,7 @@ def test_publish_names_the_sections(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 1
-    assert "no section nope; choose from gn_batch_size, rethinking_ema, proxy_norm" in done.stderr
+    assert (
+        "no section nope; choose from gn_batch_size, rethinking_ema, proxy_norm, small_batch, "
+        "rethinking_consistency" in done.stderr
+    )

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from normlab.aggregate import axis_label, seed_summary  # noqa: E402
@@ -112,7 +113,12 @@ def plot_accuracy_by_epoch(
             ax.set_title(f"{panel} = {value}", fontsize=9)
     axes[0][0].set_ylabel("val accuracy (%)")
     if keys:  # runs without a history (not finished, or from before it was kept) draw nothing
-        axes[0][0].legend(fontsize=7)
+        # every series once, in its colour, though a panel may lack some (BN only at 32)
+        handles = [
+            Line2D([], [], color=colours[key], marker=".", label=series_name(key, lines))
+            for key in keys
+        ]
+        axes[0][0].legend(handles=handles, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
