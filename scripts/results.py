@@ -138,6 +138,21 @@ SECTIONS = [
         ),
         machine=CPU,
     ),
+    Section(
+        name="gn_groups",
+        title="GN paper, Table 3: GN with 1, 2, 4, 8 and 16 groups (CPU)",
+        sweep="multirun/cpu_gn_groups",
+        command=(
+            "python train.py -m experiment=gn_groups data.train_samples=2000 "
+            "data.val_samples=2000 trainer.max_epochs=5 threads=1 "
+            "hydra.sweep.dir=multirun/cpu_gn_groups"
+        ),
+        budget=(
+            "ResNet-20, 8 virtual devices of 32, a 2,000-image training subset and 2,000 test "
+            "images, 5 epochs; 3 seeds"
+        ),
+        machine=CPU,
+    ),
 ]
 
 HEADER = """# Results: normlab's reproductions of the papers' comparisons

@@ -104,5 +104,5 @@ def test_publish_names_the_sections(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert (
         "no section nope; choose from gn_batch_size, rethinking_ema, proxy_norm, small_batch, "
-        "rethinking_consistency" in done.stderr
+        "rethinking_consistency, gn_groups" in done.stderr
     )

@@ -35,6 +35,7 @@ from normlab.lit import Classifier
 from normlab.models import build_model
 from normlab.norms import norm_factory, set_virtual_batch_size
 from normlab.optim import scaled_lr
+from normlab.provenance import provenance
 from normlab.results import RunResult
 from normlab.resume import csv_version, resume_checkpoint
 
@@ -204,6 +205,9 @@ def run_axes(cfg: DictConfig) -> RunResult:
         "eval_alpha": float(cfg.eval_alpha),
         "preset": cfg.get("preset"),
         "overrides": job_overrides(),
+        "precision": str(cfg.trainer.get("precision", "32-true")),
+        "memory_format": "channels_last" if cfg.model.get("channels_last") else "contiguous",
+        "provenance": dict(provenance(cfg.trainer.get("accelerator", "cpu"))),
     }
 
 

@@ -38,6 +38,8 @@ AXIS_NAMES = {
     "base_lr": "lr (optim.lr)",
     "model": "model",
     "data": "data",
+    "precision": "precision",
+    "memory_format": "memory format",
 }
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from normlab.aggregate import own_runs
-from normlab.paper_report import write_paper_report
+from normlab.aggregate import axis_label, flatten_norm_params, own_runs
+from normlab.paper_report import swept_axes, write_paper_report
 from normlab.results import COLUMN_FIELDS, RESULTS_FILE, compared_metric
 
 # Columns of results.csv: RunResult's Column fields, then the shifted-domain accuracies taken
@@ -24,17 +24,6 @@ COLUMNS = [*COLUMN_FIELDS, *SHIFT_COLUMNS]
 # measured with the run's own statistics only.
 DERIVED_LEAVE_OUT = ("precise_bn_compare", "val_loss", "val_acc5", "diagnostics", "domain_shift",
                      *SHIFT_COLUMNS)  # fmt: skip
-
-# Axes besides norm and batch size that become rows of the table when a sweep varies them.
-STATS_AXES = [
-    "virtual_devices",
-    "momentum",
-    "precise_bn_samples",
-    "frozen_bn_last_epochs",
-    "eval_stats",
-    "eval_alpha",
-]
-
 
 def collect_results(folder: Path) -> pd.DataFrame:
     """One row per run folder below `folder` holding a results.json."""
@@ -92,16 +81,9 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def varied_axes(frame: pd.DataFrame) -> list[str]:
-    """The statistics axes (EMA momentum, PreciseBN samples, ...) that differ between runs of
-    the same norm (not merely between norms with different defaults)."""
-    varied = []
-    for axis in STATS_AXES:
-        if axis not in frame:
-            continue
-        per_norm = frame[axis].astype(str).groupby(frame["norm"]).nunique()
-        if (per_norm > 1).any():
-            varied.append(axis)
-    return varied
+    """The swept axes besides norm and batch size (the table's columns), as every report of
+    normlab defines them (normlab.paper_report.swept_axes)."""
+    return [a for a in swept_axes(flatten_norm_params(frame)) if a not in ("norm", "batch_size")]
 
 
 def accuracy_table(frame: pd.DataFrame, value: str = "best_val_acc") -> pd.DataFrame:
@@ -110,8 +92,9 @@ def accuracy_table(frame: pd.DataFrame, value: str = "best_val_acc") -> pd.DataF
     done = frame[(frame["status"] == "completed") & frame[value].notna()]
     if done.empty:
         return pd.DataFrame()
+    done = flatten_norm_params(done)
     index = ["norm", *varied_axes(done)]
-    done = done.assign(**{axis: done[axis].astype(str) for axis in index[1:]})
+    done = done.assign(**{axis: done[axis].map(axis_label) for axis in index[1:]})
     table = done.pivot_table(index=index, columns="batch_size", values=value, aggfunc="mean")
     return (table * 100).round(2)
 

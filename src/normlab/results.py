@@ -50,6 +50,9 @@ class RunResult(TypedDict, total=False):
     preset: Column[str | None]  # conf/experiment/<preset>.yaml that set this job, if any
     overrides: list[str]  # the job's command-line overrides (a re-run sweep checks them)
     devices: int | str  # trainer.devices as given
+    precision: Column[str]  # trainer.precision: 32-true, bf16-mixed, 16-mixed, ...
+    memory_format: Column[str]  # channels_last or contiguous (model.channels_last)
+    provenance: dict[str, Any]  # normlab.provenance.Provenance: code, torch, device
     # the job
     status: Column[Status]
     debug: Sometimes[str]  # what made it a debug run: 'debug=limit, trainer.limit_train_batches=3'

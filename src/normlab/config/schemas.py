@@ -37,6 +37,8 @@ class ResNetConfig:
     activation: str = "relu"
     # null: the architecture's own (A zero-pad, B 1x1 projection)
     shortcut: str | None = None
+    # weights and inputs in channels_last memory layout (faster convolutions, same numbers)
+    channels_last: bool = False
 
 
 @dataclass
@@ -48,6 +50,8 @@ class TimmConfig:
     activation: str = "relu"
     # extra keyword arguments for timm.create_model (+model.timm_kwargs.<arg>=...)
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # weights and inputs in channels_last memory layout (faster convolutions, same numbers)
+    channels_last: bool = False
 
 
 # ---------------------------------------------------------------------------------- data

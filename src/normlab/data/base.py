@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from normlab.data.corruptions import corrupt
 from normlab.data.resumable import ResumableLoader
-from normlab.data.samplers import VirtualRankSampler
+from normlab.data.samplers import EvalOrderSampler, VirtualRankSampler
 from normlab.data.tensors import (
     NormalizeCollate,
     TensorImageDataset,
@@ -123,7 +123,7 @@ class ImageDataModule(L.LightningDataModule):
         return loader(
             dataset,
             batch_size=batch_size,
-            sampler=self.train_sampler(dataset) if train else None,
+            sampler=self.train_sampler(dataset) if train else EvalOrderSampler(len(dataset)),  # type: ignore[arg-type]
             generator=torch.Generator().manual_seed(self.options.seed),
             drop_last=train,  # a batch of one must never reach a BatchNorm
             num_workers=self.options.num_workers,
@@ -143,8 +143,8 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def eval_dataloader(self, batch_size: int) -> DataLoader:
-        """The validation set in order, in batches of `batch_size` (the last one may be
-        smaller): what batch statistics at inference depend on."""
+        """The validation set in one fixed random order (EvalOrderSampler), in batches of
+        `batch_size` (the last one may be smaller): what batch statistics at inference see."""
         self.setup()
         assert self.val_set is not None
         return self._loader(self.val_set, batch_size, train=False)

@@ -1,4 +1,5 @@
-"""The training order of virtual devices: what k DDP ranks would see, served to one process."""
+"""Sample orders: what k DDP ranks would see in training, served to one process
+(VirtualRankSampler), and the one fixed random order every evaluation uses (EvalOrderSampler)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,25 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+EVAL_ORDER_SEED = 0  # the same evaluation batches for every run, whatever its own seed
+
+
+class EvalOrderSampler(Sampler[int]):
+    """The evaluation set in one fixed random order (seeded with EVAL_ORDER_SEED, not the run's
+    seed), so that batch statistics at inference see randomly composed batches, the same ones
+    in every run and epoch. An image folder lists its samples class by class: taken in order,
+    every evaluation batch would hold one class. Population statistics do not depend on it."""
+
+    def __init__(self, size: int, seed: int = EVAL_ORDER_SEED) -> None:
+        self.order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 class VirtualRankSampler(DistributedSampler):

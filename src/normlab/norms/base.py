@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +26,11 @@ class NormLayer(nn.Module):
     batch_dependent: bool = False
     fuses_activation: bool = False
     needs_conv: bool = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = in_float32_under_autocast(cls.__dict__["forward"])
 
     def _init_affine(self, num_channels: int, bias: bool = True) -> None:
         """The per-channel affine of a normalization layer: weight (gamma) 1 and bias (beta) 0,
@@ -46,6 +54,26 @@ class NormLayer(nn.Module):
         weight = getattr(self, "weight", None)
         if isinstance(weight, nn.Parameter):
             nn.init.zeros_(weight)
+
+
+def in_float32_under_autocast(forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Wrap a norm layer's forward so that, under mixed precision (CPU or CUDA autocast), it
+    computes its statistics, normalization and running-buffer updates in float32 and returns
+    the autocast dtype: every method alike, whatever its own code does with half inputs.
+
+    Without autocast the forward runs as written (float64 stays float64)."""
+
+    @functools.wraps(forward)
+    def guarded(self: nn.Module, x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        device = x.device.type
+        if not (x.is_floating_point() and torch.is_autocast_enabled(device)):
+            return forward(self, x, *args, **kwargs)
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device_type=device, enabled=False):
+            out = forward(self, x.float(), *args, **kwargs)
+        return out.to(dtype)
+
+    return guarded
 
 
 class NormAct(NormLayer):
