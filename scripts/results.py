@@ -21,17 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from normlab.aggregate import own_runs
+from normlab.provenance import provenance_summary
 from normlab.report import collect_results, write_report
 from normlab.run_records import export_records, materialize_records
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+RUNS = REPO / "docs" / "results" / "runs"
+
+
 @dataclass(frozen=True)
 class Section:
-    """One published sweep: where it lies, how it was made, and the notes on its outcome."""
+    """One published sweep: where it lies, how it was made, and the notes on its outcome.
+    Read from docs/results/runs/<name>.yaml beside the sweep's run records <name>.jsonl: adding
+    a comparison means adding those two files (and its notes), never editing this script."""
 
     name: str
     title: str
@@ -39,121 +46,23 @@ class Section:
     command: str
     budget: str
     machine: str
+    order: int = 1000  # sections appear by order, then name
 
 
-CPU = (
-    "this project's 2-core CPU development machine (AMD EPYC), torch 2.14.1; two sweeps at a "
-    "time, one thread each (threads=1)"
-)
-SECTIONS = [
-    Section(
-        name="gn_batch_size",
-        title="GN paper, Table 2: BN, GN and LN at a per-device batch of 32, 8 and 2 (CPU)",
-        sweep="multirun/cpu_gn_batch_size",
-        command=(
-            "python train.py -m experiment=gn_batch_size norm=bn,gn,ln batch_size=32,8,2 "
-            "data.train_samples=2000 data.val_samples=2000 trainer.max_epochs=5 threads=1 "
-            "hydra.sweep.dir=multirun/cpu_gn_batch_size"
-        ),
-        budget=(
-            "ResNet-20, 8 virtual devices, a 2,000-image training subset and 2,000 test "
-            "images, 5 epochs; 3 seeds"
-        ),
-        machine=CPU,
-    ),
-    Section(
-        name="rethinking_ema",
-        title="Rethinking BN, Sec. 3: EMA (momentum 0.1, 0.01) against PreciseBN (10^3, 10^4 "
-        "samples) at a batch of 32 and 256 (CPU)",
-        sweep="multirun/cpu_rethinking_ema",
-        command=(
-            "python train.py -m experiment=rethinking_ema data.train_samples=10000 "
-            "data.val_samples=2000 trainer.max_epochs=5 threads=1 "
-            "hydra.sweep.dir=multirun/cpu_rethinking_ema (run as three commands into that "
-            "folder, two at a time: norm.momentum=0.1 'hydra.sweep.subdir=m0.1_${hydra.job.num}'; "
-            "norm.momentum=0.01 batch_size=256 'hydra.sweep.subdir=m0.01_b256_${hydra.job.num}'; "
-            "norm.momentum=0.01 batch_size=32 'hydra.sweep.subdir=m0.01_b32_${hydra.job.num}')"
-        ),
-        budget=(
-            "ResNet-20 on one device, a 10,000-image training subset and 2,000 test images, "
-            "5 epochs (1,560 steps at batch 32, 195 at 256); every run evaluates after every "
-            "epoch with its EMA and, from the same weights, with PreciseBN over 1,000 and 10,000 "
-            "training samples (the preset's precise_bn.compare_samples); 3 seeds"
-        ),
-        machine=CPU,
-    ),
-    Section(
-        name="proxy_norm",
-        title="Proxy Normalization: BN, LN, GN, LN+PN and GN+PN at a batch of 32 and 2 (CPU)",
-        sweep="multirun/cpu_proxy_norm",
-        command=(
-            "python train.py -m experiment=proxy_norm batch_size=32 data.train_samples=4000 "
-            "data.val_samples=2000 trainer.max_epochs=5 threads=1 "
-            "hydra.sweep.dir=multirun/cpu_proxy_norm; "
-            "the same with batch_size=2 norm=ln,gn,proxy_ln,proxy_gn "
-            "'hydra.sweep.subdir=b2_${hydra.job.num}' into the same folder"
-        ),
-        budget=(
-            "ResNet-20, 8 virtual devices of 32 or 2, a 4,000-image training subset and 2,000 "
-            "test images, 5 epochs, diagnostics by depth after the last epoch; 3 seeds"
-        ),
-        machine=CPU,
-    ),
-    Section(
-        name="small_batch",
-        title="Small-batch replacements of BN: BN, GN, BGN, CBN, BRN and IEBN at a batch of 2 "
-        "and 4 (CPU)",
-        sweep="multirun/cpu_small_batch",
-        command=(
-            "python train.py -m experiment=small_batch batch_size=2 data.train_samples=2000 "
-            "data.val_samples=2000 trainer.max_epochs=5 threads=1 "
-            "hydra.sweep.dir=multirun/cpu_small_batch 'hydra.sweep.subdir=b2_${hydra.job.num}'; "
-            "the same with batch_size=4 'hydra.sweep.subdir=b4_${hydra.job.num}' into the same "
-            "folder"
-        ),
-        budget=(
-            "ResNet-20 on one device (the batch is the whole batch: CBN cannot be emulated by "
-            "virtual devices), a 2,000-image training subset and 2,000 test images, 5 epochs; "
-            "3 seeds"
-        ),
-        machine=CPU,
-    ),
-    Section(
-        name="rethinking_consistency",
-        title="Rethinking BN, Sec. 4-5: FrozenBN in the last epoch, batch statistics at "
-        "inference, re-estimated statistics on a noisy domain, at a batch of 2 and 32 (CPU)",
-        sweep="multirun/cpu_rethinking_consistency",
-        command=(
-            "python train.py -m experiment=rethinking_consistency batch_size=2 "
-            "frozen_bn.last_epochs=0,1 data.train_samples=2000 data.val_samples=2000 "
-            "trainer.max_epochs=5 threads=1 hydra.sweep.dir=multirun/cpu_rethinking_consistency "
-            "'hydra.sweep.subdir=b2_${hydra.job.num}'; the same with batch_size=32 "
-            "'hydra.sweep.subdir=b32_${hydra.job.num}' into the same folder"
-        ),
-        budget=(
-            "ResNet-20, 8 virtual devices of 2 or 32, a 2,000-image training subset and 2,000 "
-            "test images, 5 epochs, FrozenBN in the last of them (the preset's 5 of 30 scaled "
-            "down), the shifted domain (Gaussian noise on the test images) evaluated at the end "
-            "with the source statistics and with statistics re-estimated on it; 3 seeds"
-        ),
-        machine=CPU,
-    ),
-    Section(
-        name="gn_groups",
-        title="GN paper, Table 3: GN with 1, 2, 4, 8 and 16 groups (CPU)",
-        sweep="multirun/cpu_gn_groups",
-        command=(
-            "python train.py -m experiment=gn_groups data.train_samples=2000 "
-            "data.val_samples=2000 trainer.max_epochs=5 threads=1 "
-            "hydra.sweep.dir=multirun/cpu_gn_groups"
-        ),
-        budget=(
-            "ResNet-20, 8 virtual devices of 32, a 2,000-image training subset and 2,000 test "
-            "images, 5 epochs; 3 seeds"
-        ),
-        machine=CPU,
-    ),
-]
+def load_sections(folder: Path = RUNS) -> list[Section]:
+    """Every published comparison: one per <name>.yaml in `folder`, in their order."""
+    sections = []
+    for path in sorted(folder.glob("*.yaml")):
+        fields = yaml.safe_load(path.read_text()) or {}
+        try:
+            sections.append(Section(name=path.stem, **fields))
+        except TypeError as error:
+            raise ValueError(
+                f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {error}; keys: title, sweep, command, budget, "
+                "machine, order"
+            ) from error
+    return sorted(sections, key=lambda section: (section.order, section.name))
+
 
 HEADER = """# Results: normlab's reproductions of the papers' comparisons
 
@@ -170,7 +79,7 @@ the seeds' standard deviation).
 
 def records_file(section: Section) -> Path:
     """Where the section's run records are committed (normlab.run_records)."""
-    return REPO / "docs" / "results" / "runs" / f"{section.name}.jsonl"
+    return RUNS / f"{section.name}.jsonl"
 
 
 def publish(section: Section) -> str:
@@ -211,6 +120,7 @@ def render_section(section: Section, docs: Path, work: Path) -> str:
             f"- Budget: {section.budget}; {len(runs)} runs, {minutes:.0f} minutes of run time "
             "in all (the sum of the runs' wall_s)",
             f"- Machine: {section.machine}",
+            f"- Provenance: {provenance_summary(runs.to_dict('records'))}",
             f"- Sweep folder: `{section.sweep}`; run records: "
             f"`{records_file(section).relative_to(REPO)}`",
             "",
@@ -230,20 +140,21 @@ def main() -> None:
         nargs="*",
         metavar="NAME",
         help="first copy the run records of these sections' sweep folders (all when no name "
-        f"is given) into docs/results/runs/; sections: {', '.join(s.name for s in SECTIONS)}",
+        "is given) into docs/results/runs/ (each section: docs/results/runs/<name>.yaml)",
     )
     args = parser.parse_args()
-    names = [section.name for section in SECTIONS]
     try:
+        sections = load_sections()
+        names = [section.name for section in sections]
         if args.publish is not None:
             unknown = sorted(set(args.publish) - set(names))
             if unknown:
                 raise ValueError(f"no section {', '.join(unknown)}; choose from {', '.join(names)}")
-            for section in SECTIONS:
+            for section in sections:
                 if not args.publish or section.name in args.publish:
                     print(publish(section))
         with tempfile.TemporaryDirectory() as work:
-            body = [render_section(s, args.out.parent, Path(work)) for s in SECTIONS]
+            body = [render_section(s, args.out.parent, Path(work)) for s in sections]
     except (FileNotFoundError, ValueError) as error:
         print(f"normlab: error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -74,3 +74,29 @@ def provenance(accelerator: Any) -> Provenance:
         "torch_version": torch.__version__,
         "device_name": device_name(accelerator),
     }
+
+
+def provenance_summary(records: list[dict[str, Any]]) -> str:
+    """One line naming the code, torch, device, precision and memory format that a set of runs
+    (results.json records) ran with, each distinct combination with its count of runs."""
+    combos: dict[str, int] = {}
+    unrecorded = 0
+    for record in records:
+        origin = record.get("provenance")
+        if not isinstance(origin, dict):
+            unrecorded += 1
+            continue
+        commit = origin.get("git_commit")
+        code = f"normlab {origin.get('normlab_version')}"
+        if commit:
+            state = "with uncommitted changes" if origin.get("git_dirty") else "clean"
+            code += f" at commit {str(commit)[:10]} ({state})"
+        text = (
+            f"{code}, torch {origin.get('torch_version')}, {origin.get('device_name')}, "
+            f"{record.get('precision')}, {record.get('memory_format')}"
+        )
+        combos[text] = combos.get(text, 0) + 1
+    parts = [f"{text} ({count} runs)" for text, count in combos.items()]
+    if unrecorded:
+        parts.append(f"not recorded ({unrecorded} runs made before normlab recorded provenance)")
+    return "; ".join(parts) or "no runs"

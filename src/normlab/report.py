@@ -25,6 +25,7 @@ COLUMNS = [*COLUMN_FIELDS, *SHIFT_COLUMNS]
 DERIVED_LEAVE_OUT = ("precise_bn_compare", "val_loss", "val_acc5", "diagnostics", "domain_shift",
                      *SHIFT_COLUMNS)  # fmt: skip
 
+
 def collect_results(folder: Path) -> pd.DataFrame:
     """One row per run folder below `folder` holding a results.json."""
     rows = []
