@@ -99,3 +99,26 @@ def test_a_rerun_sweep_skips_finished_jobs_and_refuses_another_job(tmp_path: Pat
         assert (finished_result(tmp_path, list(reversed(job))) is not None) is skipped, status
     with pytest.raises(ValueError, match="holds another job"):
         finished_result(tmp_path, ["norm=gn", "seed=0"])
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("norm_params", [{"groups": 1}, {"groups": 16}]),  # gn_groups
+        ("base_lr", [0.1, 0.0125]),  # understanding_bn
+        ("norm_weight_decay", ["false", "toward_one"]),  # four_things
+        ("precision", ["32-true", "bf16-mixed"]),  # the recipe's paired check
+    ],
+)
+def test_table_keeps_every_axis_the_sweep_varied_as_rows(
+    tmp_path: Path, field: str, values: list
+) -> None:
+    for index, (value, acc) in enumerate(zip(values, (0.4, 0.8), strict=True)):
+        for seed in (0, 1):
+            write_results(
+                tmp_path / f"{index}_{seed}",
+                {"status": "completed", "norm": "gn", "batch_size": 32, "seed": seed,
+                 "best_val_acc": acc, "val_acc": acc, field: value},
+            )  # fmt: skip
+    table = accuracy_table(collect_results(tmp_path))
+    assert sorted(table[32].tolist()) == [40.0, 80.0], f"{field} was averaged over:\n{table}"
