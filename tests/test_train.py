@@ -135,3 +135,44 @@ def test_fast_dev_run_is_recorded_as_a_debug_run(
     run(compose_config(["+trainer.fast_dev_run=true", "logger=none"]), tmp_path / "run")
     assert load_results(tmp_path / "run")["status"] == "debug"
     assert "normlab: learning rate " in capsys.readouterr().out  # the effective rate is printed
+
+
+def test_submitit_local_runs_jobs_at_once_in_waves(tmp_path: Path) -> None:
+    """hydra.launcher.jobs_at_once=1: each job starts after the one before it has finished,
+    with the cores to itself; the summary counts every wave's jobs."""
+    proc = run_train(
+        [
+            "-m",
+            "hydra/launcher=cores",
+            "hydra.launcher.jobs_at_once=1",
+            "seed=0,1",
+            "trainer.max_epochs=1",
+            "data.train_samples=32",
+            "data.val_samples=32",
+            "logger=none",
+            "callbacks.checkpoint.enabled=false",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = (tmp_path / "sweep" / job for job in ("0", "1"))
+    started = (second / ".hydra" / "config.yaml").stat().st_mtime  # Hydra writes it at the start
+    assert (first / "results.json").stat().st_mtime <= started
+    assert {load_results(f)["threads"] for f in (first, second)} == {1}
+    assert "2 jobs: 2 completed, 0 failed, 0 diverged" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("jobs", "requested", "cpus", "expected"),
+    [(5, None, None, 5), (5, None, 1, 2), (1, None, 1, 1), (5, 3, None, 3), (2, 3, 1, 2)],
+)
+def test_jobs_at_once_follow_the_cores_per_job(
+    monkeypatch: pytest.MonkeyPatch, jobs: int, requested: int | None, cpus: int | None,
+    expected: int
+) -> None:  # fmt: skip
+    import hydra_plugins.normlab_launcher as launcher
+
+    monkeypatch.setattr(launcher, "owned_cores", lambda: 2)
+    assert launcher.jobs_at_once(jobs, requested, cpus) == expected
+    with pytest.raises(ValueError, match="jobs_at_once must be >= 1"):
+        launcher.jobs_at_once(jobs, 0, cpus)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.console import error_line
 from normlab.results import RESULTS_FILE, read_results
-from normlab.runtime import CORES_ENV, cores_per_job
+from normlab.runtime import CORES_ENV, cores_per_job, owned_cores
 from normlab.slurm import (
     SlurmRequestError,
     check_fits,
@@ -32,14 +32,38 @@ log = logging.getLogger(__name__)
 
 
 class SharedCoresLocalLauncher(LocalLauncher):
-    """submitit_local starts all jobs of a sweep at once and pins no cores; before starting
-    them this tells every job its share (`cpus_per_task`, or the cores this process owns divided
-    by the number of jobs) through NORMLAB_CPUS_PER_JOB, which normlab.runtime reads."""
+    """submitit_local sharing this machine's cores among a sweep's jobs.
+
+    Upstream starts all jobs of a sweep at once and pins no cores. This tells every job its
+    share (`cpus_per_task`, or the cores this process owns divided by the jobs running at once)
+    through NORMLAB_CPUS_PER_JOB, which normlab.runtime reads; and it runs at most
+    `jobs_at_once` jobs at a time, in waves (null: cores // cpus_per_task when cpus_per_task is
+    set, e.g. two 1-thread jobs side by side on 2 cores; all at once otherwise)."""
+
+    def __init__(self, **params: Any) -> None:
+        self.jobs_at_once: int | None = params.pop("jobs_at_once", None)
+        super().__init__(**params)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        share = cores_per_job(len(job_overrides), self.params.get("cpus_per_task"))
-        os.environ[CORES_ENV] = str(share)
-        return super().launch(job_overrides, initial_job_idx)
+        cpus = self.params.get("cpus_per_task")
+        at_once = jobs_at_once(len(job_overrides), self.jobs_at_once, cpus)
+        os.environ[CORES_ENV] = str(cores_per_job(at_once, cpus))
+        returns: list[Any] = []
+        for start in range(0, len(job_overrides), at_once):
+            wave = job_overrides[start : start + at_once]
+            returns.extend(super().launch(wave, initial_job_idx + start))
+        return returns
+
+
+def jobs_at_once(jobs: int, requested: int | None, cpus_per_task: int | None) -> int:
+    """How many of a sweep's `jobs` jobs submitit_local runs side by side."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"hydra.launcher.jobs_at_once must be >= 1 or null, got {requested}")
+        return min(jobs, int(requested))
+    if cpus_per_task:
+        return min(jobs, max(1, owned_cores() // int(cpus_per_task)))
+    return jobs
 
 
 class NormlabSlurmLauncher(SlurmLauncher):
