@@ -18,8 +18,15 @@ validation, checkpoints and start-up count on neither. On CUDA the clock reads a
 torch.cuda.synchronize() at those two points only. Repeats are interleaved (the order of the two
 sides alternates) and medians are reported; the ratio is median(train.py) / median(plain).
 
+With `--settings` it measures whole-model precision and memory layouts instead (the
+"Whole-model precision" section): every setting on both sides, each row also as a ratio to the
+float32 plain loop of the same batch. The plain loop then runs forward and loss under the same
+autocast as trainer.precision (bf16-mixed: bfloat16; 16-mixed: float16 with a GradScaler) on
+the model built with the same model.channels_last.
+
 Usage: python scripts/bench_train.py [--batch-sizes 2 128] [--repeats 5] [--norm bn]
        [--data digits] [--device cpu|cuda] [--markdown bench.md]
+       [--settings float32 channels_last bf16 bf16+channels_last]
 """
 
 from __future__ import annotations
@@ -60,6 +67,15 @@ except ImportError:  # pragma: no cover - benchmarking an older checkout
     guard_optimizer = None  # type: ignore[assignment]
 
 SKIP = ThroughputMonitor(1).skip  # steps left out at the start of every epoch, both sides
+# Whole-model settings (`--settings`): the train.py overrides of each
+SETTINGS: dict[str, list[str]] = {
+    "float32": [],
+    "channels_last": ["model.channels_last=true"],
+    "bf16": ["trainer.precision=bf16-mixed"],
+    "bf16+channels_last": ["trainer.precision=bf16-mixed", "model.channels_last=true"],
+    "fp16+channels_last": ["trainer.precision=16-mixed", "model.channels_last=true"],
+}
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -134,6 +150,8 @@ def plain_images_per_s(overrides: list[str], device: str) -> float:
     if guard_optimizer is not None:  # the optimizer kernel train.py steps with (fused SGD)
         guard_optimizer(optimizer, torch.zeros(1, device=device))
     notify = any(hasattr(m, "on_optimizer_step") for m in model.modules())
+    dtype = AUTOCAST.get(str(cfg.trainer.get("precision", "32-true")))
+    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
     loader = data.train_dataloader()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     images, seconds = 0, 0.0
@@ -145,9 +163,11 @@ def plain_images_per_s(overrides: list[str], device: str) -> float:
         for index, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
+            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             if notify:
                 notify_optimizer_step(model)
             if index == SKIP - 1:
@@ -189,6 +209,35 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def settings_markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    """The 'Whole-model precision' section: one row per batch size and setting."""
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    lines = [
+        "## Whole-model precision and memory layout",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}; "
+        f"{args.threads} thread(s); CPU: {cpu_model()}; device: {device}  ",
+        f"Model {args.model} + {args.norm}, data {args.data}, SGD as conf/optim/sgd.yaml; "
+        "every setting on both sides: train.py with its overrides, the plain loop under the "
+        "same autocast on the same layout (every norm layer computes in float32 under "
+        f"autocast). Images of every step after the first {SKIP} of each epoch; "
+        f"{args.repeats} interleaved repeats, medians; 'vs float32' divides by the float32 "
+        "plain loop of the same batch.",
+        "",
+        "| batch | setting | overrides | plain img/s | train.py img/s | train.py / plain "
+        "| plain vs float32 | train.py vs float32 |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['batch']} | {row['setting']} | `{' '.join(SETTINGS[row['setting']]) or '-'}` "
+            f"| {row['plain']:.0f} | {row['lightning']:.0f} | {row['ratio']:.2f} "
+            f"| {row['plain_vs_fp32']:.2f} | {row['lightning_vs_fp32']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def quiet() -> None:
     """Keep Lightning's start-up messages and known warnings out of the report."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -217,7 +266,16 @@ def main() -> None:
     )
     parser.add_argument("--override", nargs="*", default=[], help="more train.py overrides")
     parser.add_argument("--markdown", type=Path, default=None, help="write the section here")
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        choices=list(SETTINGS),
+        default=None,
+        help="whole-model settings to compare (float32 first: the reference of the ratios)",
+    )
     args = parser.parse_args()
+    if args.settings and args.settings[0] != "float32":
+        parser.error("--settings: put float32 first, the reference of every ratio")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no GPU is visible")
     BENCH_THREADS = args.threads
@@ -235,35 +293,44 @@ def main() -> None:
     for batch in args.batch_sizes:
         base = compose([f"data={args.data}", f"batch_size={batch}"])
         epochs, samples, per_epoch = plan(base, batch, args.steps, args.max_epochs)
-        overrides = overrides_for(args, batch, epochs, samples)
-        plain, lightning = [], []
-        for repeat in range(args.repeats):
-            order = ("plain", "lightning") if repeat % 2 == 0 else ("lightning", "plain")
-            for side in order:
-                if side == "plain":
-                    plain.append(plain_images_per_s(overrides, args.device))
-                else:
-                    lightning.append(lightning_images_per_s(overrides))
+        for setting in args.settings or [None]:
+            extra = SETTINGS[setting] if setting else []
+            overrides = [*overrides_for(args, batch, epochs, samples), *extra]
+            plain, lightning = [], []
+            for repeat in range(args.repeats):
+                order = ("plain", "lightning") if repeat % 2 == 0 else ("lightning", "plain")
+                for side in order:
+                    if side == "plain":
+                        plain.append(plain_images_per_s(overrides, args.device))
+                    else:
+                        lightning.append(lightning_images_per_s(overrides))
+                print(
+                    f"batch {batch} {setting or ''} repeat {repeat}: plain {plain[-1]:.0f} "
+                    f"img/s, train.py {lightning[-1]:.0f} img/s",
+                    flush=True,
+                )
+            row = {
+                "batch": batch,
+                "setting": setting,
+                "steps": epochs * (per_epoch - SKIP),
+                "plain": statistics.median(plain),
+                "lightning": statistics.median(lightning),
+            }
+            row["ratio"] = row["lightning"] / row["plain"]
+            reference = next(
+                (r["plain"] for r in rows if r["batch"] == batch and r["setting"] == "float32"),
+                row["plain"],
+            )
+            row["plain_vs_fp32"] = row["plain"] / reference
+            row["lightning_vs_fp32"] = row["lightning"] / reference
+            rows.append(row)
             print(
-                f"batch {batch} repeat {repeat}: plain {plain[-1]:.0f} img/s, "
-                f"train.py {lightning[-1]:.0f} img/s",
+                f"batch {batch} {setting or ''}: plain {row['plain']:.0f} img/s, train.py "
+                f"{row['lightning']:.0f} img/s, ratio {row['ratio']:.2f} (medians of "
+                f"{args.repeats})",
                 flush=True,
             )
-        steps = epochs * (per_epoch - SKIP)
-        row = {
-            "batch": batch,
-            "steps": steps,
-            "plain": statistics.median(plain),
-            "lightning": statistics.median(lightning),
-        }
-        row["ratio"] = row["lightning"] / row["plain"]
-        rows.append(row)
-        print(
-            f"batch {batch}: plain {row['plain']:.0f} img/s, train.py {row['lightning']:.0f} "
-            f"img/s, ratio {row['ratio']:.2f} (medians of {args.repeats})",
-            flush=True,
-        )
-    text = markdown(args, rows)
+    text = settings_markdown(args, rows) if args.settings else markdown(args, rows)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

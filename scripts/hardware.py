@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import platform
 import shlex
 import sys
 from pathlib import Path
+
+from normlab.provenance import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return cpu_name()
 
 
 def command_line() -> str:

@@ -4,7 +4,7 @@ Each benchmark script measures its candidates against a reference in the same ru
 its own Markdown section (`--markdown`); this script runs them one after the other (never in
 parallel: they share the cores) and joins the sections under a header naming the machine, the
 date and the commands. Usage: python scripts/performance.py [--device cpu|cuda] [--out F]
-[--only norms,train,virtual,precise_bn]."""
+[--only norms,train,precision,virtual,parallel,precise_bn]."""
 
 from __future__ import annotations
 
@@ -25,7 +25,26 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHES = {
     "norms": ["scripts/bench_norms.py"],
     "train": ["scripts/bench_train.py"],
+    "precision": [
+        "scripts/bench_train.py",
+        *(
+            [
+                "--data",
+                "synthetic",
+                "--batch-sizes",
+                "128",
+                "--repeats",
+                "3",
+                "--steps",
+                "60",
+                "--settings",
+                "float32",
+            ]
+        ),
+        *(["channels_last", "bf16", "bf16+channels_last"]),
+    ],
     "virtual": ["scripts/bench_virtual.py"],
+    "parallel": ["scripts/bench_parallel_jobs.py"],
     "precise_bn": ["scripts/bench_precise_bn.py"],
 }
 
