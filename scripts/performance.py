@@ -4,13 +4,15 @@ Each benchmark script measures its candidates against a reference in the same ru
 its own Markdown section (`--markdown`); this script runs them one after the other (never in
 parallel: they share the cores) and joins the sections under a header naming the machine, the
 date and the commands. Usage: python scripts/performance.py [--device cpu|cuda] [--out F]
-[--only norms,train,precision,virtual,parallel,precise_bn]."""
+[--only norms,train,precision,virtual,parallel,precise_bn]: with --only, the other
+benchmarks' sections of the existing file are kept as they were (each with its own date)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,21 @@ def machine() -> str:
     return text
 
 
+def earlier_sections(text: str) -> dict[str, str]:
+    """The sections of an earlier docs/performance.md by benchmark name (each ends with its
+    `_(name: N s)_` line), so that `--only` re-runs some benchmarks and keeps the rest."""
+    found = {}
+    body = text.split("\n\n## ", 1)
+    if len(body) < 2:
+        return found
+    chunks = re.split(r"(?<=s\)_\n)\n", "## " + body[1])
+    for chunk in chunks:
+        match = re.search(r"^_\((\w+): \d+ s\)_$", chunk, flags=re.MULTILINE)
+        if match and match.group(1) in BENCHES:
+            found[match.group(1)] = chunk if chunk.endswith("\n") else chunk + "\n"
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -67,7 +84,10 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(BENCHES))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; valid: {', '.join(BENCHES)}")
-    sections, failures = [], []
+    sections: dict[str, str] = {}
+    if set(chosen) != set(BENCHES) and args.out.exists():  # the others' sections stay
+        sections = earlier_sections(args.out.read_text())
+    failures = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in chosen:
             part = Path(tmp) / f"{name}.md"
@@ -78,10 +98,10 @@ def main() -> None:
             proc = subprocess.run(command, cwd=REPO)
             if proc.returncode != 0 or not part.exists():
                 failures.append(name)
-                sections.append(f"## {name}\n\n(failed with exit status {proc.returncode})\n")
+                sections[name] = f"## {name}\n\n(failed with exit status {proc.returncode})\n"
                 continue
             took = time.time() - start
-            sections.append(part.read_text() + f"\n_({name}: {took:.0f} s)_\n")
+            sections[name] = part.read_text() + f"\n_({name}: {took:.0f} s)_\n"
     malloc = " ".join(
         f"{k}={os.environ[k]}"
         for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -101,7 +121,8 @@ def main() -> None:
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(header) + "\n" + "\n".join(sections))
+    ordered = [sections[name] for name in BENCHES if name in sections]
+    args.out.write_text("\n".join(header) + "\n" + "\n".join(ordered))
     print(f"wrote {args.out}")
     if failures:
         sys.exit(f"benchmarks failed: {', '.join(failures)}")
