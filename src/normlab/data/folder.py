@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
+import sys
 from pathlib import Path
 
 import torch
@@ -66,18 +68,26 @@ class FolderTensorDataModule(InMemoryDataModule):
         return train_x, train_y, val_x, val_y
 
 
+CACHE_VERSION = 2  # bump when the cache's content or key changes
+
+
 def decode_folder_cached(
     folder: Path, cache_dir: Path
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """All images of an ImageFolder as one uint8 tensor, cached by path, size and mtime."""
+    """All images of an ImageFolder as one uint8 tensor, decoded once and cached.
+
+    The cache is keyed on every file's path, size and modification time (an image replaced
+    or moved to another class gives another key) and carries a checksum of its tensors; a
+    cache that fails to load or to match is rebuilt with a warning naming it."""
     index = datasets.ImageFolder(str(folder))
-    stamp = f"{folder.resolve()}|{len(index.samples)}|{folder.stat().st_mtime_ns}"
-    key = hashlib.sha1(stamp.encode()).hexdigest()[:16]
-    cache = cache_dir / f"folder-{key}.pt"
+    check_classes(folder, index.classes)
+    key = folder_key(folder, [path for path, _ in index.samples])
+    cache = cache_dir / f"folder-{key[:16]}.pt"
     if cache.exists():
-        saved = torch.load(cache, weights_only=True)
-        return saved["images"], saved["labels"], list(saved["classes"])
-    images = [decode_image(read_file(path), mode=ImageReadMode.RGB) for path, _ in index.samples]
+        saved = load_cache(cache, key)
+        if saved is not None:
+            return saved["images"], saved["labels"], list(saved["classes"])
+    images = [decode_file(Path(path)) for path, _ in index.samples]
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) != 1:
         raise ValueError(
@@ -90,9 +100,67 @@ def decode_folder_cached(
     # A name of this process's own: parallel sweep jobs decode the same folder at once, and a
     # shared temporary name let one job rename away the file another was about to rename.
     tmp = cache.with_suffix(f".{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    torch.save({"images": stacked, "labels": labels, "classes": index.classes}, tmp)
+    content = {"images": stacked, "labels": labels, "classes": index.classes, "key": key}
+    torch.save({**content, "checksum": tensor_checksum(stacked, labels)}, tmp)
     tmp.replace(cache)
     return stacked, labels, index.classes
+
+
+def check_classes(folder: Path, classes: list[str]) -> None:
+    """Refuse a folder with fewer than two class folders, naming it."""
+    if len(classes) < 2:
+        raise ValueError(
+            f"{folder} holds {len(classes)} class folder(s) ({', '.join(classes)}); a "
+            "classification data set needs at least 2"
+        )
+
+
+def folder_key(folder: Path, files: list[str]) -> str:
+    """A hash of the folder's every file: relative path (hence class), size and mtime."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{folder.resolve()}".encode())
+    for path in files:
+        stat = os.stat(path)
+        relative = os.path.relpath(path, folder)
+        digest.update(f"|{relative}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def tensor_checksum(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """A checksum of the decoded images and their labels."""
+    digest = hashlib.blake2b(images.contiguous().numpy().tobytes(), digest_size=16)
+    digest.update(labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_cache(cache: Path, key: str) -> dict | None:
+    """The cache's content when it loads and matches `key` and its checksum, else None after a
+    warning naming the file (the caller then decodes the folder again)."""
+    try:
+        saved = torch.load(cache, weights_only=True)
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            reason = "it was made from other files"
+        elif saved.get("checksum") != tensor_checksum(saved["images"], saved["labels"]):
+            reason = "its checksum does not match its content (the file is damaged)"
+        else:
+            return saved
+    except Exception as error:  # any unreadable file: truncated, empty, not a torch file
+        reason = f"it cannot be read ({type(error).__name__})"
+    print(
+        f"normlab: warning: decoded-image cache {cache} is not used, {reason}; decoding the "
+        "folder again",
+        file=sys.stderr,
+    )
+    return None
+
+
+def decode_file(path: Path) -> torch.Tensor:
+    """One image file as a uint8 RGB tensor, or a ValueError naming the file."""
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = re.sub(r"^\w+, \S+\.(?:cpp|h):\d+, ", "", reason).split(". For ")[0]
+        raise ValueError(f"{path} is not an image normlab can decode ({reason})") from None
 
 
 class FolderStreamDataModule(ImageDataModule):
@@ -130,6 +198,7 @@ class FolderStreamDataModule(ImageDataModule):
         )
         train = datasets.ImageFolder(str(train_dir), transform=train_tf)
         val = datasets.ImageFolder(str(eval_dir), transform=eval_tf)
+        check_classes(train_dir, train.classes)
         self.num_classes = len(train.classes)
         check_subset_size("train_samples", self.options.train_samples, len(train), self.name)
         check_subset_size("val_samples", self.options.val_samples, len(val), self.name)
