@@ -18,7 +18,10 @@ TINY = [
 
 def test_offline_run_keeps_its_id_across_a_resume(tmp_path: Path) -> None:
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": ""}
-    first = run_train(TINY, tmp_path, env=env)
+    # stopped after epoch 1 of 2 as a preempted job is (a changed max_epochs is another run)
+    first = run_train(
+        [*TINY, "trainer.max_epochs=2", "debug.stop_after_epochs=1"], tmp_path, env=env
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     run_dir = tmp_path / "run"
     run_id = (run_dir / "wandb_id.txt").read_text().strip()

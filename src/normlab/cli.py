@@ -1,5 +1,5 @@
 """The command line around Hydra: early checks of config-group choices, one-line errors,
-failed jobs recorded without stopping a sweep."""
+failed jobs recorded without stopping a sweep, run folders claimed (normlab.run_folder)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import secrets
 import sys
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -18,7 +19,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.console import error_line
-from normlab.results import USER_ERRORS, finished_result
+from normlab.results import USER_ERRORS, RunResult, finished_result
+from normlab.run_folder import (
+    RunFolder,
+    RunFolderError,
+    already_line,
+    fingerprint,
+    preflight_claim,
+)
 from normlab.sweep import mark_skipped
 
 
@@ -325,12 +333,69 @@ def preflight(args: Sequence[str], conf_dir: Path) -> None:
     if message:
         print(message, file=sys.stderr)
         sys.exit(2)
+    claim_named_run_folder(args, conf_dir)
+
+
+MULTIRUN_FLAGS = frozenset(("-m", "--multirun"))
+
+
+def named_run_dir(overrides: list[str], conf_dir: Path) -> Path | None:
+    """The folder a single run was told to use (`hydra.run.dir=...`), as Hydra will resolve it;
+    None when it was not named (Hydra's default is a new folder) or cannot be resolved here."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    named = [o for o in parsed if o.get_key_element().lstrip("+~") == "hydra.run.dir"]
+    if not named:
+        return None
+    value = str(named[-1].value())
+    if "${" in value:
+        try:
+            with initialize_config_dir(str(conf_dir), version_base="1.3"):
+                full = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+            value = str(OmegaConf.select(full, "hydra.run.dir", throw_on_resolution_failure=True))
+        except Exception:  # noqa: BLE001 - e.g. ${hydra:...}: left to the run's own check
+            return None
+    return Path(value).absolute()
+
+
+def claim_named_run_folder(args: Sequence[str], conf_dir: Path) -> None:
+    """A single run into a named folder claims it before Hydra writes .hydra/ and train.log
+    there (normlab.run_folder): the lock, held for the rest of the process, and the
+    fingerprint. Another process in the folder, or another run recorded there, ends the
+    process with one line (exit 1); this same run already finished there ends it with the
+    'already' line (exit 0), the folder untouched. Sweeps are claimed job by job
+    (hydra_entry); other ranks of a DDP run never claim."""
+    flags, overrides = split_hydra_args(args)
+    if flags & (HYDRA_OWN_FLAGS | HYDRA_SHOW_FLAGS | MULTIRUN_FLAGS):
+        return
+    if any(o.replace(" ", "") in ("hydra.mode=MULTIRUN", "hydra.mode=multirun") for o in overrides):
+        return
+    folder = named_run_dir(overrides, conf_dir)
+    if folder is None:
+        return
+    from normlab.environment import process_rank  # heavy (torch): only for a named folder
+
+    if process_rank() != 0:
+        return
+    try:
+        done = preflight_claim(_compose(conf_dir, overrides), folder)
+    except RunFolderError as error:
+        print(error_line(str(error)), file=sys.stderr)
+        sys.exit(1)
+    if done is not None:
+        print(already_line(folder, done))
+        sys.exit(0)
 
 
 def hydra_entry(cfg: DictConfig) -> float | None:
     """Run one job in Hydra's output folder; on failure print one line and, outside a sweep, exit 1.
 
-    In a multirun a failed job is recorded in its results.json and the sweep goes on.
+    In a multirun a failed job is recorded in its results.json and the sweep goes on. The
+    folder is held (normlab.run_folder) from the check of what it holds to the end of the run;
+    a folder another process runs in, or that holds another run, fails the job with one line
+    and nothing written into it.
     """
     from normlab.environment import process_rank  # heavy imports after argument checks
     from normlab.train import run
@@ -338,13 +403,18 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = RunFolder(output_dir)
     try:
-        done = finished_result(output_dir, list(hydra_cfg.overrides.task)) if multirun else None
-        if done is not None:  # a re-run sweep: this job already has its outcome
-            mark_skipped(output_dir)
-            print(f"normlab: skipped, already {done['status']}: {output_dir / 'results.json'}")
-            return done.get("best_val_acc")
-        results = run(cfg, output_dir)
+        with folder.locked(create=False) if process_rank() == 0 else nullcontext():
+            done = finished_job(cfg, folder, list(hydra_cfg.overrides.task), multirun)
+            if done is not None:
+                return done.get("best_val_acc")
+            results = run(cfg, output_dir)
+    except RunFolderError as error:  # nothing written: not recorded, no traceback
+        print(error_line(str(error)), file=sys.stderr)
+        if multirun:
+            return None
+        sys.exit(1)
     except Exception as error:  # recorded in results.json by run()
         detail = (
             "" if isinstance(error, USER_ERRORS) else f" (traceback in {output_dir / 'error.log'})"
@@ -357,3 +427,27 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     if process_rank() == 0:  # other ranks never see the outcome (rank 0 records it)
         print(f"normlab: {results['status']}{reason}; results in {output_dir / 'results.json'}")
     return results.get("best_val_acc")
+
+
+def finished_job(
+    cfg: DictConfig, folder: RunFolder, overrides: list[str], multirun: bool
+) -> RunResult | None:
+    """The outcome this job already has in its folder, reported in one line (then not run
+    again), or None to run it. Another run recorded there is refused (FolderHoldsAnotherRun)
+    unless `resume=false`, which always runs. A sweep's job is skipped when completed, diverged
+    or failed on bad input (finished_result; its overrides compared only where the folder
+    records no fingerprint); a single run when completed or diverged."""
+    resume = bool(cfg.get("resume", True))
+    same = folder.same_run(fingerprint(cfg), resume)
+    if not resume:
+        return None
+    if not multirun:
+        done = folder.finished() if same else None
+        if done is not None:
+            print(already_line(folder.path, done))
+        return done
+    done = finished_result(folder.path, None if same else overrides)
+    if done is not None:  # a re-run sweep: this job already has its outcome
+        mark_skipped(folder.path)
+        print(f"normlab: skipped, already {done['status']}: {folder.path / 'results.json'}")
+    return done

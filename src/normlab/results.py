@@ -176,11 +176,13 @@ def read_results(output_dir: Path) -> RunResult:
     return json.loads((Path(output_dir) / RESULTS_FILE).read_text())
 
 
-def finished_result(output_dir: Path, overrides: list[str]) -> RunResult | None:
+def finished_result(output_dir: Path, overrides: list[str] | None) -> RunResult | None:
     """The results.json of a job that a re-run sweep must not run again: completed, diverged,
     or failed on bad input (running, interrupted and other failures run again, resuming from
     checkpoints/last.ckpt). A folder that holds a different job is refused: Hydra numbers a
-    sweep's jobs in order, so a changed grid would pair results with the wrong settings."""
+    sweep's jobs in order, so a changed grid would pair results with the wrong settings.
+    `overrides` None: the folder's fingerprint already matched (normlab.run_folder), so the
+    recorded overrides are not compared (they may differ in keys that only say how it runs)."""
     path = Path(output_dir) / RESULTS_FILE
     if not path.is_file():
         return None
@@ -189,7 +191,7 @@ def finished_result(output_dir: Path, overrides: list[str]) -> RunResult | None:
     except ValueError:
         return None
     recorded = prior.get("overrides")
-    if recorded is not None and sorted(recorded) != sorted(overrides):
+    if recorded is not None and overrides is not None and sorted(recorded) != sorted(overrides):
         raise ValueError(
             f"{output_dir} holds another job ({' '.join(recorded)}), not this one "
             f"({' '.join(overrides)}); re-run the same sweep command into this folder, or give a "

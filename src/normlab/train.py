@@ -1,6 +1,8 @@
 """run(cfg): one training job from a composed config to results.json.
 
-The parts come from normlab.build.build_run; this module fits them and records the outcome.
+The run folder is claimed through normlab.run_folder (its lock and the fingerprint of the run
+it holds); the parts come from normlab.build.build_run; this module fits them and records the
+outcome.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from normlab.environment import (
     under_slurm,
 )
 from normlab.results import USER_ERRORS, RunResult, compared_metric, redact, write_results
+from normlab.run_folder import already_line, claimed
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.wandb_logging import log_results_table
@@ -33,9 +36,25 @@ DIAGNOSTICS_FILE = "diagnostics.json"
 
 
 def run(cfg: DictConfig, output_dir: Path) -> RunResult:
-    """Train and validate as `cfg` says; rank 0 always leaves results.json in `output_dir`."""
-    start = time.time()
+    """Train and validate as `cfg` says; rank 0 always leaves results.json in `output_dir`.
+
+    The folder is claimed first (normlab.run_folder): a folder that holds another run, or that
+    another process runs in, is refused before anything in it is touched (RunFolderError, never
+    recorded), and this same run already finished there is reported in one line and returned
+    as its results.json says, the folder left as it is."""
     primary = process_rank() == 0
+    with claimed(cfg, output_dir, primary) as done:
+        if done is not None:
+            if primary:
+                print(already_line(output_dir, done))
+            return done
+        return train(cfg, output_dir, primary)
+
+
+def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
+    """The run itself, in a folder claimed for it: results.json says `running` from the start
+    and records the outcome (a failure too, with error.log) when it ends."""
+    start = time.time()
     output_dir.mkdir(parents=True, exist_ok=True)
     results: RunResult = {"status": "running", **run_axes(cfg), "output_dir": str(output_dir)}
     if under_slurm():
