@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,34 @@ def test_run_errors_are_user_errors_before_training(
         run(compose_config([*FAST, *args]), tmp_path / "run")
     assert expected in str(error.value)
     assert not (tmp_path / "run" / "checkpoints").exists()  # no training step ran
+
+
+@pytest.mark.parametrize("epochs", [0, -3])
+def test_an_epoch_count_that_trains_nothing_is_refused_before_training(
+    tmp_path: Path, epochs: int
+) -> None:
+    from tests.helpers import run_in_process
+
+    overrides = ["data.train_samples=32", "data.val_samples=16", "threads=1",
+                 "callbacks.progress=none", "print_config=false", f"trainer.max_epochs={epochs}"]  # fmt: skip
+    with pytest.raises(ValueError, match="trainer.max_epochs must be a positive integer"):
+        run_in_process(overrides, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and results["bad_input"] is True
+    assert "trainer.max_epochs must be a positive integer (or -1" in results["error"]
+    assert results.get("epochs", 0) == 0
+
+
+def test_eval_names_a_file_that_is_no_checkpoint(tmp_path: Path) -> None:
+    from normlab.evaluation import load_weights
+
+    for name, content in (("text.ckpt", b"not a checkpoint"), ("empty.ckpt", b"")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"ckpt_path={path} is not a readable normlab"):
+            load_weights(path)
+    import torch
+
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="is not a normlab checkpoint \\(no state_dict\\)"):
+        load_weights(tmp_path / "other.ckpt")

@@ -122,3 +122,25 @@ def test_table_keeps_every_axis_the_sweep_varied_as_rows(
             )  # fmt: skip
     table = accuracy_table(collect_results(tmp_path))
     assert sorted(table[32].tolist()) == [40.0, 80.0], f"{field} was averaged over:\n{table}"
+
+
+def test_malformed_results_are_named_and_the_report_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from normlab.sweep import summary_line
+
+    make_sweep(tmp_path)
+    bad = {"list": "[]", "null": "null", "types": '{"status": "completed", "val_acc": "high"}',
+           "truncated": '{"status": "comp', "status": '{"status": "great"}'}  # fmt: skip
+    for name, text in bad.items():
+        (tmp_path / f"bad_{name}").mkdir()
+        (tmp_path / f"bad_{name}" / "results.json").write_text(text)
+    frame = collect_results(tmp_path)
+    err = capsys.readouterr().err
+    for name in bad:
+        assert f"bad_{name}/results.json" in err, name
+    assert status_counts(frame)["unreadable"] == len(bad)
+    assert set(frame.loc[frame["status"] == "unreadable", "run"]) == {f"bad_{n}" for n in bad}
+    assert accuracy_table(frame).loc["bn", 2] == 50.0  # the good runs still tabulated
+    write_report(tmp_path)
+    assert "11 jobs: 4 completed, 1 failed, 1 diverged, 5 without results" in summary_line(tmp_path)

@@ -67,6 +67,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     """Check the config against this machine and the data, seed, and build every part of the
     run writing into `output_dir`; `verbose` prints the effective learning rate."""
     quiet_lightning()
+    check_max_epochs(cfg.trainer.get("max_epochs"))
     check_devices(cfg.trainer)
     check_logger_packages(cfg.logger)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -209,6 +210,18 @@ def run_axes(cfg: DictConfig) -> RunResult:
         "memory_format": "channels_last" if cfg.model.get("channels_last") else "contiguous",
         "provenance": dict(provenance(cfg.trainer.get("accelerator", "cpu"))),
     }
+
+
+def check_max_epochs(max_epochs: Any) -> None:
+    """Refuse, before anything is built, an epoch count that trains nothing or that Lightning
+    would reject deep inside the fit (it accepts -1 for no limit, with max_steps)."""
+    if max_epochs is None or max_epochs == -1:
+        return
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(
+            f"trainer.max_epochs must be a positive integer (or -1: no limit, with "
+            f"trainer.max_steps), got {max_epochs!r}"
+        )
 
 
 def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:

@@ -57,6 +57,27 @@ def run_folder_config(ckpt_path: Path) -> tuple[Path, DictConfig]:
     return run_dir, OmegaConf.load(config)  # type: ignore[return-value]
 
 
+def load_weights(ckpt_path: Path) -> dict[str, torch.Tensor]:
+    """The trained weights and buffers in a normlab checkpoint, or a ValueError naming a file
+    that is none (truncated, not a torch file, not a Lightning checkpoint)."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for files it cannot read
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "weights_only" in reason or "Weights only load failed" in reason:
+            reason = "it holds objects other than tensors"
+        raise ValueError(
+            f"ckpt_path={ckpt_path} is not a readable normlab checkpoint "
+            f"({type(error).__name__}{': ' + reason[:120] if reason else ''})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(
+            f"ckpt_path={ckpt_path} is not a normlab checkpoint (no state_dict); give a "
+            "<run>/checkpoints/*.ckpt file that train.py wrote"
+        )
+    return checkpoint["state_dict"]
+
+
 def eval_config(cfg: DictConfig) -> DictConfig:
     """The run's config for evaluation only: no logger, no checkpoints, no resume, no PreciseBN
     inside the trainer, one CPU process unless the run used a GPU that is still there."""
@@ -79,11 +100,11 @@ def evaluate_checkpoint(
 ) -> list[dict[str, Any]]:
     """Every choice's validation accuracy for one checkpoint; written to <run>/eval/."""
     run_dir, saved_cfg = run_folder_config(ckpt_path)
+    state = load_weights(ckpt_path)  # before data and model: a bad file fails at once
     cfg = eval_config(saved_cfg)
     out_dir = out_dir or run_dir / "eval"
     run = build_run(cfg, out_dir)
     try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
         run.module.load_state_dict(state)
         device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
         model = run.module.model.to(device)

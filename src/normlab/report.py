@@ -3,7 +3,7 @@ while a sweep runs or after some of its jobs failed."""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,13 @@ import pandas as pd
 
 from normlab.aggregate import axis_label, flatten_norm_params, own_runs
 from normlab.paper_report import swept_axes, write_paper_report
-from normlab.results import COLUMN_FIELDS, RESULTS_FILE, compared_metric
+from normlab.results import (
+    COLUMN_FIELDS,
+    RESULTS_FILE,
+    MalformedResults,
+    compared_metric,
+    load_record,
+)
 
 # Columns of results.csv: RunResult's Column fields, then the shifted-domain accuracies taken
 # out of its domain_shift field (with the source statistics, with re-estimated ones).
@@ -31,8 +37,9 @@ def collect_results(folder: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(Path(folder).rglob(RESULTS_FILE)):
         try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            record = dict(load_record(path))
+        except MalformedResults as error:  # named, counted as unreadable, never averaged
+            print(f"normlab: warning: {error}", file=sys.stderr)
             record = {"status": "unreadable"}
         record["run"] = str(path.parent.relative_to(folder)) or "."
         shift = record.get("domain_shift") or {}

@@ -176,6 +176,34 @@ def read_results(output_dir: Path) -> RunResult:
     return json.loads((Path(output_dir) / RESULTS_FILE).read_text())
 
 
+NUMERIC_FIELDS = ("val_acc", "best_val_acc", "val_loss", "train_loss", "epochs", "steps",
+                  "wall_s", "train_images_per_s", "batch_size", "seed")  # fmt: skip
+
+
+class MalformedResults(ValueError):
+    """A results.json that is not a run's record (not JSON, not an object, wrong types)."""
+
+
+def load_record(path: Path) -> RunResult:
+    """One results.json, checked enough for reports to trust it: a JSON object whose status
+    is one of STATUSES and whose numeric fields are numbers or null; else MalformedResults
+    naming the file and what is wrong."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise MalformedResults(f"{path} cannot be read as JSON ({type(error).__name__})") from None
+    if not isinstance(record, dict):
+        raise MalformedResults(f"{path} holds {type(record).__name__}, not a run's record")
+    status = record.get("status")
+    if status not in STATUSES:
+        raise MalformedResults(f"{path} has status {status!r}; expected one of {STATUSES}")
+    for key in NUMERIC_FIELDS:
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise MalformedResults(f"{path} has {key}={value!r}, not a number")
+    return record  # type: ignore[return-value]
+
+
 def finished_result(output_dir: Path, overrides: list[str] | None) -> RunResult | None:
     """The results.json of a job that a re-run sweep must not run again: completed, diverged,
     or failed on bad input (running, interrupted and other failures run again, resuming from

@@ -6,7 +6,7 @@ files of the sweep folder, as reports do, so it works with every launcher.
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,16 +15,18 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from normlab.results import RESULTS_FILE
+from normlab.results import RESULTS_FILE, MalformedResults, load_record
 
 
 def sweep_statuses(sweep_dir: Path) -> Counter[str]:
-    """Count the `status` of every results.json under `sweep_dir` (unreadable ones: 'missing')."""
+    """Count the `status` of every results.json under `sweep_dir`; a malformed one is named in
+    a warning and counted 'missing'."""
     counts: Counter[str] = Counter()
     for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
         try:
-            counts[str(json.loads(path.read_text()).get("status", "missing"))] += 1
-        except (OSError, ValueError):
+            counts[str(load_record(path)["status"])] += 1
+        except MalformedResults as error:
+            print(f"normlab: warning: {error}", file=sys.stderr)
             counts["missing"] += 1
     return counts
 
