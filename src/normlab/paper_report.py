@@ -165,7 +165,7 @@ def markdown(report: SweepReport, figures: dict[str, Path], folder: Path) -> str
 def paper_section(report: SweepReport) -> list[str]:
     """The paper's settings and each ordering it claims, with normlab's verdict."""
     cited = {p.paper for p in report.published} | {v.claim.paper for v in report.verdicts}
-    lines = [f"Preset `{report.preset}`. Papers:"]
+    lines = [f"Preset `{report.preset}`. " + ("Papers:" if cited else "No paper numbers.")]
     for key in sorted(cited):
         paper = papers()[key]
         lines.append(f"- {paper['authors']}, {paper['title']}, {paper['venue']} ({paper['url']})")
