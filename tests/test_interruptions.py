@@ -168,3 +168,38 @@ def test_without_submitit_the_requeue_signal_stops_the_run() -> None:
     trainer = _FakeTrainer()
     callback._hand_over(trainer, signal.SIGUSR2)  # type: ignore[arg-type]
     assert trainer.should_stop and callback.interrupted
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_outside_slurm_checkpoint_and_record_interrupted(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    stopped = _train(tmp_path, "stopped", signum)
+    assert stopped["status"] == "interrupted"
+    assert stopped["steps"] == SIGNAL_STEP + 1, "checkpoint at the end of the signalled batch"
+    ckpt = torch.load(
+        tmp_path / "stopped" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert ckpt["global_step"] == SIGNAL_STEP + 1
+
+
+def test_sigterm_stops_a_sweep_with_its_summary_and_a_non_zero_exit(tmp_path: Path) -> None:
+    from tests.helpers import run_train
+
+    proc = run_train(
+        [
+            "-m",
+            "seed=0,1",
+            *[o for o in SMALL if not o.startswith(("callbacks.progress", "print_config"))],
+            f"+callbacks.extra.signal._target_={__name__}.SendSignal",
+            f"+callbacks.extra.signal.signum={int(signal.SIGTERM)}",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "SIGTERM: stopping; run the same command again to resume" in proc.stdout
+    assert "normlab: sweep finished: 1 jobs: 0 completed, 0 failed, 0 diverged, 1 interrupted" in (
+        proc.stdout
+    )
+    assert not (tmp_path / "sweep" / "1").exists(), "the later job never started"
+    assert _read(tmp_path / "sweep" / "0")["status"] == "interrupted"

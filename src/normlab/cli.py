@@ -27,7 +27,7 @@ from normlab.run_folder import (
     fingerprint,
     preflight_claim,
 )
-from normlab.sweep import mark_skipped
+from normlab.sweep import mark_skipped, summary_line
 
 
 def quiet_hydra_warnings() -> None:
@@ -398,6 +398,7 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     and nothing written into it.
     """
     from normlab.environment import process_rank  # heavy imports after argument checks
+    from normlab.interruptions import take_stop_signal
     from normlab.train import run
 
     hydra_cfg = HydraConfig.get()
@@ -426,6 +427,11 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     reason = f" ({results['divergence_reason']})" if results.get("divergence_reason") else ""
     if process_rank() == 0:  # other ranks never see the outcome (rank 0 records it)
         print(f"normlab: {results['status']}{reason}; results in {output_dir / 'results.json'}")
+    stopped = take_stop_signal()
+    if stopped is not None:  # SIGTERM or Ctrl-C: the whole command stops, later jobs too
+        if multirun and process_rank() == 0:
+            print(summary_line(Path(str(hydra_cfg.sweep.dir))), flush=True)
+        sys.exit(128 + int(stopped))
     return results.get("best_val_acc")
 
 

@@ -13,7 +13,11 @@ lost, then:
   requeued it (preemption with the job's signal), `scontrol requeue` fails; that is the
   expected case and the job exits the same way, never recording a failure;
 - the same signal outside submitit: the run stops, recorded `interrupted`; the same command
-  resumes it.
+  resumes it;
+- SIGTERM and SIGINT outside SLURM (docker stop, Kubernetes, systemd, a CI cancel, Ctrl-C):
+  the same, a checkpoint at the end of the running batch, then the run stops, recorded
+  `interrupted`, and the command exits non-zero (a sweep stops and prints its summary line);
+  a second Ctrl-C while the first waits for its batch to end stops at once.
 
 normlab.data.resumable.ResumableLoader makes such a mid-epoch checkpoint resume exactly.
 RunClock carries the wall time of earlier attempts through checkpoints.
@@ -34,7 +38,8 @@ from typing import Any
 import lightning as L
 import torch
 
-CONTINUE, REQUEUE = 1, 2  # what a pending signal asks for; REQUEUE wins over CONTINUE
+# What a pending signal asks for; a higher one wins over a lower one pending at the same time.
+CONTINUE, REQUEUE, STOP = 1, 2, 3
 
 
 def submitit_signal() -> signal.Signals:
@@ -61,6 +66,7 @@ class SignalCheckpoint(L.Callback):
         self.previous: dict[signal.Signals, Any] = {}
         self.checkpoints = 0
         self.interrupted = False  # stopped on the signal (outside submitit): resume later
+        self.stopped_by: signal.Signals | None = None
 
     def actions(self) -> dict[signal.Signals, int]:
         """The signals handled here and what each asks for."""
@@ -68,6 +74,9 @@ class SignalCheckpoint(L.Callback):
         if self.slurm:
             actions[signal.SIGTERM] = CONTINUE
             actions[submitit_signal()] = REQUEUE
+        else:
+            actions[signal.SIGTERM] = STOP
+            actions[signal.SIGINT] = STOP
         return actions
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -79,6 +88,8 @@ class SignalCheckpoint(L.Callback):
 
     def _handler(self, action: int) -> Callable[[int, FrameType | None], None]:
         def request(signum: int, frame: FrameType | None) -> None:
+            if action == STOP and self.pending == STOP and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, not at the batch's end
             if action >= self.pending:
                 self.pending, self.pending_signal = action, signal.Signals(signum)
 
@@ -114,19 +125,15 @@ class SignalCheckpoint(L.Callback):
             _say(trainer, f"{signum.name}: checkpoint at {where} in {self.last_path}")
         else:
             _say(trainer, f"{signum.name} at {where}: no checkpoint (callbacks.checkpoint off)")
-        if pending == REQUEUE:
+        if pending == STOP:
+            self._stop(trainer, signum)
+        elif pending == REQUEUE:
             self._hand_over(trainer, signum)
 
     def _hand_over(self, trainer: L.Trainer, signum: signal.Signals) -> None:
         previous = self.previous.get(signum)
         if not callable(previous):  # not under submitit: stop; the same command resumes
-            _say(trainer, f"{signum.name}: stopping; run the same command again to resume")
-            trainer.should_stop = True
-            for callback in getattr(trainer, "checkpoint_callbacks", []):
-                # Lightning would save again as the stopped epoch ends, overwriting the
-                # mid-epoch checkpoint with one that resumes at the next epoch
-                callback._last_global_step_saved = trainer.global_step
-            self.interrupted = True
+            self._stop(trainer, signum)
             return
         try:
             previous(signum, None)  # submitit: re-submit this job and exit
@@ -135,6 +142,31 @@ class SignalCheckpoint(L.Callback):
             # `scontrol requeue` ran ("Job is pending execution"). The job resumes all the same.
             _say(trainer, f"SLURM requeues this job itself ({error}); exiting to resume later")
             sys.exit(-1)
+
+    def _stop(self, trainer: L.Trainer, signum: signal.Signals) -> None:
+        """End training after this batch; the run is recorded `interrupted` and the same
+        command resumes it from the checkpoint just taken."""
+        _say(trainer, f"{signum.name}: stopping; run the same command again to resume")
+        trainer.should_stop = True
+        for callback in getattr(trainer, "checkpoint_callbacks", []):
+            # Lightning would save again as the stopped epoch ends, overwriting the
+            # mid-epoch checkpoint with one that resumes at the next epoch
+            callback._last_global_step_saved = trainer.global_step
+        self.interrupted = True
+        self.stopped_by = signum
+        global _stopped_by
+        _stopped_by = signum
+
+
+_stopped_by: signal.Signals | None = None  # the signal that stopped the last run of this process
+
+
+def take_stop_signal() -> signal.Signals | None:
+    """The signal (SIGTERM, SIGINT outside SLURM, or a requeue signal outside submitit) that
+    stopped the run that just ended in this process, once; None when none did."""
+    global _stopped_by
+    stopped, _stopped_by = _stopped_by, None
+    return stopped
 
 
 def _say(trainer: L.Trainer, message: str) -> None:
