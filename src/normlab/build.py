@@ -15,12 +15,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from normlab.callbacks import build_callbacks
+from normlab.checkpoint_io import AtomicCheckpointIO
 from normlab.data import ImageDataModule, build_datamodule
 from normlab.environment import (
     check_devices,
@@ -52,6 +54,7 @@ class Run:
     loggers: list[Logger]
     trainer: L.Trainer
     ckpt_path: str | None  # the checkpoint to resume from (normlab.resume)
+    resume_fallback: str | None  # why last.ckpt was not resumed from, when it could not be read
     lr: float  # optim.lr scaled to the global batch
     global_batch: int  # batch_size x virtual x world x accumulation
     world: int  # processes that train together
@@ -85,7 +88,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
         check_precise_bn_samples(int(num_samples), datamodule, "precise_bn.compare_samples")
     set_virtual_batch_size(model, batch_size if virtual > 1 else None)
     target = build_target_domain(cfg, datamodule)
-    ckpt_path = resume_checkpoint(cfg, output_dir)
+    resume_point = resume_checkpoint(cfg, output_dir)
     world = world_size(cfg)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
     global_batch = batch_size * virtual * world * accumulate
@@ -112,6 +115,8 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     try:
         args = trainer_args(cfg)
         plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
         args["profiler"] = run_profiler(args.get("profiler"), output_dir)
         # callbacks.checkpoint.enabled=false means no checkpoint at all: without a ModelCheckpoint
         # of normlab's, Lightning would add its own, writing epoch=*.ckpt into the logger's folder.
@@ -137,7 +142,8 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
         callbacks=callbacks,
         loggers=loggers,
         trainer=trainer,
-        ckpt_path=ckpt_path,
+        ckpt_path=resume_point.path,
+        resume_fallback=resume_point.fallback,
         lr=lr,
         global_batch=global_batch,
         world=world,

@@ -80,6 +80,7 @@ class RunResult(TypedDict, total=False):
     lr: float  # the effective rate after the linear scaling rule
     world_size: int
     resumed_from: str | None  # the checkpoint this job continued from
+    resume_fallback: Sometimes[str]  # last.ckpt could not be read: what was resumed instead
     # population statistics
     precise_bn_samples: Column[int]
     frozen_bn_last_epochs: Column[int]

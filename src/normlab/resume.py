@@ -2,29 +2,58 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from normlab.checkpoint_io import unreadable_reason
 
-def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run continues from (None: a fresh start) and, when the run folder's
+    last.ckpt could not be read, what was done instead (recorded in results.json)."""
+
+    path: str | None
+    fallback: str | None = None
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> ResumePoint:
     """The checkpoint to resume from.
 
-    `ckpt_path=last`: the run folder's checkpoints/last.ckpt (an error if there is none);
-    `ckpt_path=<file>`: that file; `ckpt_path=null` with `resume=true` (the default):
-    checkpoints/last.ckpt when it exists (a requeued or re-run job), else a fresh start.
+    `ckpt_path=last`: the run folder's checkpoints/last.ckpt (an error if there is none or it
+    cannot be read); `ckpt_path=<file>`: that file (likewise); `ckpt_path=null` with
+    `resume=true` (the default): checkpoints/last.ckpt when it exists (a requeued or re-run
+    job), else a fresh start. A last.ckpt that does not load (a truncated file) falls back to
+    the newest other checkpoint of the folder that does, else to a fresh start, with one line.
     """
     last = output_dir / "checkpoints" / "last.ckpt"
     requested = cfg.get("ckpt_path")
-    if requested == "last":
-        if not last.is_file():
-            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist")
-        return str(last)
     if requested:
-        if not Path(str(requested)).is_file():
-            raise FileNotFoundError(f"ckpt_path={requested} does not exist")
-        return str(requested)
-    return str(last) if cfg.get("resume", True) and last.is_file() else None
+        chosen = last if requested == "last" else Path(str(requested))
+        if not chosen.is_file():
+            raise FileNotFoundError(f"ckpt_path={requested} but {chosen} does not exist")
+        reason = unreadable_reason(chosen)
+        if reason is not None:
+            raise ValueError(f"ckpt_path={requested}: {chosen} cannot be read ({reason})")
+        return ResumePoint(str(chosen))
+    if not (cfg.get("resume", True) and last.is_file()):
+        return ResumePoint(None)
+    reason = unreadable_reason(last)
+    if reason is None:
+        return ResumePoint(str(last))
+    older = sorted(
+        (p for p in last.parent.glob("*.ckpt") if p != last),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    usable = next((p for p in older if unreadable_reason(p) is None), None)
+    then = f"resuming from {usable.name} instead" if usable else "starting afresh"
+    fallback = f"{last} cannot be read ({reason}); {then}"
+    print(f"normlab: warning: {fallback}", file=sys.stderr)
+    return ResumePoint(str(usable) if usable else None, fallback)
 
 
 def csv_version(output_dir: Path) -> str:

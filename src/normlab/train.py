@@ -130,6 +130,7 @@ def fit_results(cfg: DictConfig, parts: Run, output_dir: Path) -> RunResult:
         "lr": parts.lr,
         "world_size": parts.world,
         "resumed_from": parts.ckpt_path,
+        **({"resume_fallback": parts.resume_fallback} if parts.resume_fallback else {}),
         "num_params": sum(p.numel() for p in parts.model.parameters()),
     }
     compared = cfg.precise_bn.get("compare_samples") or []
