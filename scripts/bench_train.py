@@ -182,15 +182,22 @@ def plain_images_per_s(overrides: list[str], device: str) -> float:
     return images / seconds
 
 
-def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
-    """The 'Framework overhead' section: setup, then one row per batch size."""
+def section_head(args: argparse.Namespace, title: str) -> list[str]:
+    """A section's title, command line, date, torch, threads and machine."""
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    lines = [
-        "## Framework overhead",
+    return [
+        f"## {title}",
         "",
         f"Command: `{command_line()}`  ",
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}; "
         f"{args.threads} thread(s); CPU: {cpu_model()}; device: {device}  ",
+    ]
+
+
+def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    """The 'Framework overhead' section: setup, then one row per batch size."""
+    lines = [
+        *section_head(args, "Framework overhead"),
         f"Model {args.model} + {args.norm}, data {args.data}, SGD as conf/optim/sgd.yaml. "
         f"train.py = `normlab.train.run` on the composed `python train.py` config (in process); "
         f"plain = zero_grad, forward, cross_entropy, backward, step (the same fused SGD). "
@@ -211,13 +218,8 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
 
 def settings_markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     """The 'Whole-model precision' section: one row per batch size and setting."""
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     lines = [
-        "## Whole-model precision and memory layout",
-        "",
-        f"Command: `{command_line()}`  ",
-        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}; "
-        f"{args.threads} thread(s); CPU: {cpu_model()}; device: {device}  ",
+        *section_head(args, "Whole-model precision and memory layout"),
         f"Model {args.model} + {args.norm}, data {args.data}, SGD as conf/optim/sgd.yaml; "
         "every setting on both sides: train.py with its overrides, the plain loop under the "
         "same autocast on the same layout (every norm layer computes in float32 under "
