@@ -101,3 +101,13 @@ def conv_params(name: str) -> dict[str, object]:
     from normlab.norms import get_norm_spec
 
     return dict(get_norm_spec(name).test_params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_layer_class_forward_is_guarded_its_own_or_inherited(name: str) -> None:
+    """GroupNorm's forward is torch's: CPU autocast happens to return bf16 from it, CUDA
+    autocast returns float32; the guard makes every method return the autocast dtype."""
+    from normlab.norms import get_norm_spec
+    from normlab.norms.base import FLOAT32_GUARD
+
+    assert getattr(get_norm_spec(name).layer.forward, FLOAT32_GUARD, False), name

@@ -29,8 +29,11 @@ class NormLayer(nn.Module):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__:
-            cls.forward = in_float32_under_autocast(cls.__dict__["forward"])
+        # Every layer's forward, its own or inherited (GroupNorm's is torch's), runs in float32
+        # under autocast; a forward already wrapped higher up is not wrapped again.
+        forward = cls.__dict__.get("forward", getattr(cls, "forward", None))
+        if callable(forward) and not getattr(forward, FLOAT32_GUARD, False):
+            cls.forward = in_float32_under_autocast(forward)
 
     def _init_affine(self, num_channels: int, bias: bool = True) -> None:
         """The per-channel affine of a normalization layer: weight (gamma) 1 and bias (beta) 0,
@@ -56,6 +59,9 @@ class NormLayer(nn.Module):
             nn.init.zeros_(weight)
 
 
+FLOAT32_GUARD = "_normlab_float32_under_autocast"
+
+
 def in_float32_under_autocast(forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Wrap a norm layer's forward so that, under mixed precision (CPU or CUDA autocast), it
     computes its statistics, normalization and running-buffer updates in float32 and returns
@@ -73,6 +79,7 @@ def in_float32_under_autocast(forward: Callable[..., Tensor]) -> Callable[..., T
             out = forward(self, x.float(), *args, **kwargs)
         return out.to(dtype)
 
+    setattr(guarded, FLOAT32_GUARD, True)
     return guarded
 
 
