@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 ARGS   ?=
 
-# glibc malloc settings that remove most CPU timing noise (see DESIGN.md).
+# glibc malloc settings that remove most CPU timing noise (README, "Development").
 export MALLOC_MMAP_THRESHOLD_ := 33554432
 export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export PYTHONUNBUFFERED := 1

@@ -432,7 +432,7 @@ def test_recording_reproduces_population(name: str, batch: int) -> None:
 
 
 def test_total_variance_estimator_vs_mean_of_batch_variances() -> None:
-    """METHODS 2.2: image mean ~ N(0,1), pixel noise 0.5, 64 px; true var 1.25."""
+    """Image mean ~ N(0,1), pixel noise 0.5, 64 px; true var 1.25 (docs/methods.md, "PreciseBN")."""
     gen = torch.Generator().manual_seed(0)
     images = 8192
     x = torch.randn(images, 1, 1, 1, generator=gen) + 0.5 * torch.randn(

@@ -41,7 +41,8 @@ def test_precise_bn_equals_the_exact_population_statistics(batch_size: int) -> N
 
 
 def test_total_variance_estimator_where_averaging_batch_variances_fails() -> None:
-    # METHODS §2.2: image means ~ N(0, 1), pixel noise 0.5, 64 pixels: true variance 1.25.
+    # docs/methods.md, "PreciseBN": image means ~ N(0, 1), pixel noise 0.5, 64 pixels: true
+    # variance 1.25.
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4096, 1, 1, 1, generator=g) + 0.5 * torch.randn(4096, 1, 8, 8, generator=g)
     model = nn.Sequential(build_norm("bn", 1))

@@ -224,7 +224,7 @@ class DebugConfig:
 @dataclass
 class PreciseBNConfig:
     """Population statistics of batch-dependent layers (Rethinking BN; Four Things),
-    METHODS §2-3."""
+    docs/methods.md, "Population statistics and inference"."""
 
     # 0: keep the EMA running statistics; N > 0: PreciseBN over N training samples before each
     # evaluation
@@ -252,7 +252,7 @@ class FrozenBNConfig:
 @dataclass
 class DiagnosticsConfig:
     """Activation / gradient / failure-mode diagnostics on a fixed probe batch
-    (METHODS §4.3, §9)."""
+    (docs/methods.md, "Diagnostics")."""
 
     every_n_epochs: int = 0  # 0: off (no cost)
     probe_size: int = 64

@@ -1,4 +1,5 @@
-"""Failure-mode metrics of Proxy Normalization (Labatie et al., NeurIPS 2021), METHODS §4.3.
+"""Failure-mode metrics of Proxy Normalization (Labatie et al., NeurIPS 2021); docs/methods.md,
+"Power decomposition".
 
 For a layer output y (N, C, H, W) the total power splits exactly (biased moments) into
     P = E_c[mu_c^2] + E_c[Var_n(m_nc)] + E_{c,n}[s^2_nc]

@@ -1,4 +1,5 @@
-"""Cross-Iteration Batch Normalization (Yao, Cao, Zheng, Huang & Lin, CVPR 2021), METHODS §5.
+"""Cross-Iteration Batch Normalization (Yao, Cao, Zheng, Huang & Lin, CVPR 2021);
+docs/methods.md, "cbn: Cross-Iteration Batch Normalization".
 
 Batch statistics of the current iteration are averaged with those of the previous k-1
 optimizer steps, each compensated to the current weights of the preceding convolution by a

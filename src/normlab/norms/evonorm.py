@@ -1,5 +1,5 @@
-"""EvoNorm-S0 (Liu, Brock, Simonyan & Le, NeurIPS 2020), METHODS §11.2: a normalization-
-activation layer found by search, batch-independent:
+"""EvoNorm-S0 (Liu, Brock, Simonyan & Le, NeurIPS 2020; docs/methods.md, "evonorm_s0"): a
+normalization-activation layer found by search, batch-independent:
 
     y = x * sigmoid(v * x) / sqrt(groupvar(x) + eps) * gamma + beta,
 

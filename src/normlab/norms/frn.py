@@ -1,6 +1,7 @@
-"""Filter Response Normalization with a Thresholded Linear Unit (Singh & Krishnan, CVPR 2020),
-METHODS §11.3: nu2 = mean_{H,W} x^2 per sample and channel, y = gamma * x / sqrt(nu2 + eps) +
-beta, z = max(y, tau) with a learned per-channel tau (init 0). No mean centring, hence the TLU.
+"""Filter Response Normalization with a Thresholded Linear Unit (Singh & Krishnan, CVPR 2020;
+docs/methods.md, "frn"): nu2 = mean_{H,W} x^2 per sample and channel,
+y = gamma * x / sqrt(nu2 + eps) + beta, z = max(y, tau) with a learned per-channel tau (init 0).
+No mean centring, hence the TLU.
 
 FRN+TLU replaces a norm + ReLU pair. Where no activation follows, FRN is applied without TLU;
 with another activation (silu, ...) FRN is followed by that activation. `learnable_eps` makes

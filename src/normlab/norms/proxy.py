@@ -1,4 +1,5 @@
-"""Proxy Normalization (Labatie, Masters, Eaton-Rosen & Luschi, NeurIPS 2021), METHODS §4.
+"""Proxy Normalization (Labatie, Masters, Eaton-Rosen & Luschi, NeurIPS 2021); docs/methods.md,
+"proxy_ln, proxy_gn: Proxy Normalization".
 
 LN or GN without affine, then the PN-Act unit: z = act(gamma*y + beta), normalized by the mean
 and variance of a proxy variable act(gamma*Y + beta) with Y_c = beta~_c + (1 + gamma~_c) U,

@@ -1,11 +1,12 @@
 """Per-chunk batch statistics: ghost batches and virtual devices.
 
-`virtual_devices=k` (DESIGN.md, "Virtual devices") runs k DDP ranks of `batch_size` samples each
-in one process: a step takes k x batch_size samples, every batch-dependent layer normalizes each
-consecutive chunk of batch_size samples on its own (as its rank would), and its running
-statistics take the mean of the k per-rank updates, which is what normlab's DDP reconciliation
-(the mean of the per-rank buffers) gives, because the EMA and the cumulative average are linear
-in the batch statistics. Ghost BN uses the same per-chunk computation for its ghost batches.
+`virtual_devices=k` (README, "Small per-device batches: virtual devices") runs k DDP ranks of
+`batch_size` samples each in one process: a step takes k x batch_size samples, every
+batch-dependent layer normalizes each consecutive chunk of batch_size samples on its own (as its
+rank would), and its running statistics take the mean of the k per-rank updates, which is what
+normlab's DDP reconciliation (the mean of the per-rank buffers) gives, because the EMA and the
+cumulative average are linear in the batch statistics. Ghost BN uses the same per-chunk
+computation for its ghost batches.
 
 `chunk_batch_norm` does the per-chunk normalization with one native batch_norm kernel on a
 permuted view (statistics and their gradients exactly those of BN on each chunk alone).
