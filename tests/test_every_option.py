@@ -65,7 +65,9 @@ def _data_overrides(option: str, tree: Path) -> list[str]:
         "scale=cifar",
         "scale=imagenet",
     ) or option.startswith("experiment="):
-        return [f"data.root={tree}", "data.num_workers=0", "++data.image_size=32", "batch_size=2"]
+        # a preset's own subset sizes (precision_check) do not fit the tiny tree: all of it
+        return [f"data.root={tree}", "data.num_workers=0", "++data.image_size=32", "batch_size=2",
+                "data.train_samples=null", "data.val_samples=null"]  # fmt: skip
     return ["data.train_samples=32", "data.val_samples=16", "batch_size=16"]
 
 

@@ -5,6 +5,7 @@ good checkpoint was; and read back before a resume, falling back to an older one
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,24 @@ def save_atomically(obj: Any, path: Path) -> None:
         raise
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint that holds objects other than tensors (code, say): never loaded, never
+    silently passed over either."""
+
+
 def unreadable_reason(path: Path) -> str | None:
     """Why `path` cannot be resumed from (it does not load as a Lightning checkpoint), or
-    None when it can."""
+    None when it can; UnsafeCheckpoint for a file holding objects other than tensors."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, empty, not a torch file, foreign objects
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Weights only load failed" in str(error):
+            raise UnsafeCheckpoint(
+                f"{path} holds objects other than tensors and is not loaded (normlab loads "
+                "checkpoints with weights_only=True); remove it, or give resume=false"
+            ) from None
+        return f"UnpicklingError: {str(error).strip()[:100]}"
+    except Exception as error:  # truncated, empty, not a torch file
         text = str(error).strip().splitlines()[0][:100] if str(error).strip() else ""
         return f"{type(error).__name__}{': ' + text if text else ''}"
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
