@@ -41,7 +41,7 @@ FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stat
 	tests/test_run_records.py::test_records_hold_no_path_of_the_machine_and_give_back_the_sweep \
 	tests/test_run_records.py::test_bad_records_are_refused_in_one_line
 
-test-fast: $(STAMP) ## in-process tests only, about 1.5 minutes on 2 cores (no train.py subprocesses)
+test-fast: $(STAMP) ## in-process tests only, about 1 minute on 2 cores (no train.py subprocesses)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow" $(FAST_TESTS) $(ARGS)
 
 test: $(STAMP) ## the test suite CI runs (every test but the slow and cluster ones)
