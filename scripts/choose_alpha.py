@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from normlab.build import build_run
-from normlab.norms.population import iter_population_layers
+from normlab.norms.population import population_layers
 from normlab.stats.callbacks import set_eval_alpha
 from normlab.stats.evaluate import evaluate_accuracy
 
@@ -47,7 +47,7 @@ def load_run(run_dir: Path, checkpoint: str):  # type: ignore[no-untyped-def]
 
 def accuracy_by_alpha(model: torch.nn.Module, batches: list, alphas: list[float]) -> list[float]:
     """Accuracy over `batches` for each example weight."""
-    layers = list(iter_population_layers(model))
+    layers = population_layers(model)
     results = []
     for alpha in alphas:
         for layer in layers:
@@ -69,7 +69,7 @@ def main() -> None:
     try:
         model, datamodule = load_run(args.run_dir, args.checkpoint)
         holdout = list(datamodule.holdout_dataloader())
-        if not any(True for _ in iter_population_layers(model)):
+        if not population_layers(model):
             raise ValueError("the run's norm has no population statistics: nothing to weigh")
         held = accuracy_by_alpha(model, holdout, args.alphas)
         val = accuracy_by_alpha(model, list(datamodule.val_dataloader()), args.alphas)

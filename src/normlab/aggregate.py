@@ -1,4 +1,5 @@
-"""Seeds -> mean, spread and counts: the one place a sweep's runs are averaged.
+"""Seeds -> mean, spread and counts of a sweep's runs, as the paper report (report.md,
+summary.csv) and docs/results.md show them; table.txt keeps its own plain mean per cell.
 
 A mean is taken over completed runs only; failed, diverged and unfinished runs of the same
 setting are counted beside it, never averaged in (a diverged seed is an outcome, not a zero).

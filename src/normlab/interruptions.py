@@ -48,11 +48,6 @@ def submitit_signal() -> signal.Signals:
     return signal.Signals[f"SIG{name}"]
 
 
-def under_submitit() -> bool:
-    """Whether this process is a job that submitit started (it set its signal handlers)."""
-    return "SUBMITIT_FOLDER" in os.environ or "SUBMITIT_EXECUTOR" in os.environ
-
-
 class SignalCheckpoint(L.Callback):
     """Checkpoint mid-epoch on a cluster's warning signal, then go on, requeue or stop (see the
     module docstring). Installed when training starts; Lightning restores the previous
@@ -189,7 +184,3 @@ class RunClock(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.earlier_s = float(state_dict.get("wall_s", 0.0))
         self.attempt = int(state_dict.get("attempt", 0)) + 1
-
-    def total_s(self, since: float) -> float:
-        """This attempt's time since `since` plus the earlier attempts'."""
-        return self.earlier_s + time.time() - since

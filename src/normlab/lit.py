@@ -57,7 +57,8 @@ def optimizer_step_hooks(model: nn.Module) -> list[Callable[[], None]]:
 
 
 class Classifier(L.LightningModule):
-    """Trains `model` with SGD; logs loss, top-1 (and top-5 above 10 classes); flags divergence."""
+    """Trains `model` with the configured optimizer (SGD, AdamW or any torch optimizer); logs
+    loss, top-1 (and top-5 above 10 classes); flags divergence."""
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from normlab.diagnostics.probe import LayerRecord, gradient_norms, probe_layers, summarize  # noqa: E402
-from normlab.norms.population import iter_population_layers  # noqa: E402
+from normlab.norms.population import population_layers  # noqa: E402
 from normlab.stats.evaluate import train_test_gap  # noqa: E402
 
 PLOTTED = ("collapse_ratio", "instance_ratio", "instance_std_cv", "act_std")
@@ -85,9 +85,7 @@ class DiagnosticsMonitor(L.Callback):
             return
         summary = self.summary()
         model = pl_module.model  # type: ignore[attr-defined]
-        if any(True for _ in iter_population_layers(model)) and not getattr(
-            pl_module, "diverged", False
-        ):
+        if population_layers(model) and not getattr(pl_module, "diverged", False):
             loader = trainer.datamodule.val_dataloader()  # type: ignore[attr-defined]
             summary["train_test_gap"] = train_test_gap(model, loader, pl_module.device)
         plot = self.save_plot()

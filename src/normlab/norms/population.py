@@ -29,7 +29,6 @@ re-derives them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -307,12 +306,6 @@ def population_layers(model: nn.Module) -> list[PopulationStats]:
     and batch-statistics evaluation act on. A batch_group layer with examples_per_group=1 is
     one of them although it is not batch-dependent."""
     return [m for m in model.modules() if isinstance(m, PopulationStats)]
-
-
-def iter_population_layers(model: nn.Module) -> Iterator[PopulationStats]:
-    """Deprecated alias of `population_layers` (kept for scripts/choose_alpha.py and
-    normlab.diagnostics.callback)."""
-    return iter(population_layers(model))
 
 
 def set_stats_mode(model: nn.Module, mode: str) -> int:

@@ -106,12 +106,6 @@ def claims(preset: str) -> list[Claim]:
     return found
 
 
-def presets_with_papers() -> list[str]:
-    """The presets published.yaml has numbers or claims for."""
-    data = _data()
-    return sorted({e["preset"] for e in data["numbers"]} | {e["preset"] for e in data["claims"]})
-
-
 def matches(frame: pd.DataFrame, selector: Selector) -> pd.Series:
     """Rows of `frame` whose axes equal the selector's values ('!x': differ from x). A selector
     key the sweep lacks matches nothing."""
