@@ -61,7 +61,6 @@ class SignalCheckpoint(L.Callback):
         self.previous: dict[signal.Signals, Any] = {}
         self.checkpoints = 0
         self.interrupted = False  # stopped on the signal (outside submitit): resume later
-        self.stopped_by: signal.Signals | None = None
 
     def actions(self) -> dict[signal.Signals, int]:
         """The signals handled here and what each asks for."""
@@ -148,7 +147,6 @@ class SignalCheckpoint(L.Callback):
             # mid-epoch checkpoint with one that resumes at the next epoch
             callback._last_global_step_saved = trainer.global_step
         self.interrupted = True
-        self.stopped_by = signum
         global _stopped_by
         _stopped_by = signum
 

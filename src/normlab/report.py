@@ -89,9 +89,10 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def varied_axes(frame: pd.DataFrame) -> list[str]:
-    """The swept axes besides norm and batch size (the table's columns), as every report of
-    normlab defines them (normlab.paper_report.swept_axes)."""
-    return [a for a in swept_axes(flatten_norm_params(frame)) if a not in ("norm", "batch_size")]
+    """The swept axes besides norm and batch size (the table's columns) of a frame whose norm
+    parameters are flattened, as every report of normlab defines them
+    (normlab.paper_report.swept_axes)."""
+    return [a for a in swept_axes(frame) if a not in ("norm", "batch_size")]
 
 
 def accuracy_table(frame: pd.DataFrame, value: str = "best_val_acc") -> pd.DataFrame:
