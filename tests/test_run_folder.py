@@ -228,20 +228,44 @@ def test_the_command_line_refuses_or_reports_before_hydra_writes(
     assert snapshot(folder) == before
 
 
-def test_sweep_jobs_go_through_the_same_checks(finished: Path, tmp_path: Path) -> None:
-    """Job 0 (seed=1) meets a finished seed-0 run, job 1 (seed=0) a folder another process
-    holds: both fail with their one line, nothing of normlab's written (Hydra writes its own
-    .hydra/ and train.log before the job starts), and the sweep goes on."""
+def test_a_changed_grid_is_refused_before_any_job_folder_is_written(
+    finished: Path, tmp_path: Path
+) -> None:
+    """Job 0 (seed=1) would land in a folder that holds a finished seed-0 run: the whole command
+    is refused, one line per such job, before Hydra writes any job's .hydra/ (it used to rewrite
+    them to the refused settings beside the old results) and before any job runs."""
     sweep = tmp_path / "sweep"
-    job0, job1 = _copy(finished, sweep / "0"), sweep / "1"
-    before = snapshot(job0)
+    _copy(finished, sweep / "0")
+    before = snapshot(sweep)
+    result = run_train(["-m", *SMALL, "seed=1,0"], tmp_path, timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("normlab: error:")]
+    assert len(errors) == 2 and errors[0].startswith("normlab: error: job #0 (")
+    assert " seed=1): " in errors[0]
+    assert f"{sweep / '0'} holds another run (seed: 0 -> 1" in errors[0]
+    assert "1 job(s) of this sweep would replace other runs" in errors[1]
+    assert "nothing was run" in errors[1]
+    assert snapshot(sweep) == before, "nothing in the sweep folder was written"
+
+
+def test_a_busy_job_is_refused_and_counted_and_the_command_fails(
+    finished: Path, tmp_path: Path
+) -> None:
+    """Job 0 is this very run, finished; job 1's folder is held by another process: job 0 is
+    skipped, job 1 refused in one line with nothing written, and the summary counts what this
+    command did (it used to count the folder's results.json files and exit 0)."""
+    sweep = tmp_path / "sweep"
+    job1 = sweep / "1"
+    _copy(finished, sweep / "0")
     holder = _holder(job1)
     try:
-        result = run_train(["-m", *SMALL, "seed=1,0"], tmp_path, timeout=300)
+        result = run_train(["-m", *SMALL, "seed=0,1"], tmp_path, timeout=300)
     finally:
         _release(holder)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"normlab: error: {job0} holds another run (seed: 0 -> 1" in result.stderr
+    assert result.returncode == 1, result.stderr[-2000:]
     assert f"normlab: error: another process is running in {job1}" in result.stderr
-    assert snapshot(job0, skip=(".hydra", "train.log")) == before
+    assert (
+        "sweep finished: 2 jobs: 1 completed, 0 failed, 0 diverged; 0 launched, 1 skipped as "
+        "already finished, 1 refused, 0 unrecorded" in result.stdout
+    )
     assert not (job1 / "results.json").exists() and not (job1 / "error.log").exists()

@@ -28,12 +28,15 @@ def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> N
     result = run_train(
         [*TINY, "divergence.loss_threshold=1e4,1e-9", "batch_size=16,0", "-m"], tmp_path
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 1, "failed jobs fail the command:\n" + result.stderr[-2000:]
     statuses = _statuses(tmp_path / "sweep")
     assert statuses == {"0": "completed", "1": "failed", "2": "diverged", "3": "failed"}
     failed = json.loads((tmp_path / "sweep" / "1" / "results.json").read_text())
     assert "batch_size must be >= 1" in failed["error"]
-    assert "sweep finished: 4 jobs: 1 completed, 2 failed, 1 diverged" in result.stdout
+    assert (
+        "sweep finished: 4 jobs: 1 completed, 2 failed, 1 diverged; 4 launched, 0 skipped as "
+        "already finished, 0 refused, 0 unrecorded" in result.stdout
+    )
     assert "normlab: diverged (train loss " in result.stdout  # a diverged run says why
 
     # The same command again into the same folder: finished jobs (completed, diverged, failed on
@@ -43,8 +46,11 @@ def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> N
     again = run_train(
         [*TINY, "divergence.loss_threshold=1e4,1e-9", "batch_size=16,0", "-m"], tmp_path
     )
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.returncode == 1, again.stderr[-2000:]
     assert _statuses(tmp_path / "sweep") == statuses
     assert again.stdout.count("normlab: skipped, already") == 3
-    assert "4 jobs: 1 completed, 2 failed, 1 diverged, 3 of them skipped" in again.stdout
+    assert (
+        "4 jobs: 1 completed, 2 failed, 1 diverged; 1 launched, 3 skipped as already finished"
+        in again.stdout
+    )
     assert json.loads(job0.read_text())["resumed_from"].endswith("last.ckpt")

@@ -12,22 +12,23 @@ import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.console import error_line
-from normlab.results import USER_ERRORS, RunResult, finished_result
+from normlab.results import RunResult, finished_result, is_bad_input
 from normlab.run_folder import (
+    FolderHoldsAnotherRun,
     RunFolder,
     RunFolderError,
     already_line,
     fingerprint,
     preflight_claim,
 )
-from normlab.sweep import mark_skipped, summary_line
+from normlab.sweep import note_job, summary_line
 
 
 def quiet_hydra_warnings() -> None:
@@ -404,33 +405,41 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)) if multirun else None
     folder = RunFolder(output_dir)
+    primary = process_rank() == 0
+
+    def note(outcome: Literal["launched", "skipped", "refused"], reason: str = "") -> None:
+        if sweep_dir is not None and primary:
+            note_job(sweep_dir, int(hydra_cfg.job.num), output_dir, outcome, reason)
+
     try:
-        with folder.locked(create=False) if process_rank() == 0 else nullcontext():
+        with folder.locked(create=False) if primary else nullcontext():
             done = finished_job(cfg, folder, list(hydra_cfg.overrides.task), multirun)
             if done is not None:
+                note("skipped")
                 return done.get("best_val_acc")
+            note("launched")
             results = run(cfg, output_dir)
     except RunFolderError as error:  # nothing written: not recorded, no traceback
+        note("refused", str(error))
         print(error_line(str(error)), file=sys.stderr)
         if multirun:
             return None
         sys.exit(1)
     except Exception as error:  # recorded in results.json by run()
-        detail = (
-            "" if isinstance(error, USER_ERRORS) else f" (traceback in {output_dir / 'error.log'})"
-        )
+        detail = "" if is_bad_input(error) else f" (traceback in {output_dir / 'error.log'})"
         print(error_line(f"{error}{detail}"), file=sys.stderr)
         if multirun:
             return None
         sys.exit(1)
     reason = f" ({results['divergence_reason']})" if results.get("divergence_reason") else ""
-    if process_rank() == 0:  # other ranks never see the outcome (rank 0 records it)
+    if primary:  # other ranks never see the outcome (rank 0 records it)
         print(f"normlab: {results['status']}{reason}; results in {output_dir / 'results.json'}")
     stopped = take_stop_signal()
     if stopped is not None:  # SIGTERM or Ctrl-C: the whole command stops, later jobs too
-        if multirun and process_rank() == 0:
-            print(summary_line(Path(str(hydra_cfg.sweep.dir))), flush=True)
+        if sweep_dir is not None and primary:
+            print(summary_line(sweep_dir), flush=True)
         sys.exit(128 + int(stopped))
     return results.get("best_val_acc")
 
@@ -452,8 +461,10 @@ def finished_job(
         if done is not None:
             print(already_line(folder.path, done))
         return done
-    done = finished_result(folder.path, None if same else overrides)
+    try:
+        done = finished_result(folder.path, None if same else overrides)
+    except ValueError as error:  # a folder from before fingerprints, holding another job
+        raise FolderHoldsAnotherRun(str(error)) from None
     if done is not None:  # a re-run sweep: this job already has its outcome
-        mark_skipped(folder.path)
         print(f"normlab: skipped, already {done['status']}: {folder.path / 'results.json'}")
     return done

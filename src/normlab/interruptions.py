@@ -142,6 +142,9 @@ class SignalCheckpoint(L.Callback):
         command resumes it from the checkpoint just taken."""
         _say(trainer, f"{signum.name}: stopping; run the same command again to resume")
         trainer.should_stop = True
+        # Lightning validates when a run stops early: a full pass over the validation set (a
+        # minute on CPU, beyond docker stop's 10 s grace) whose numbers describe half an epoch
+        trainer.limit_val_batches = 0
         for callback in getattr(trainer, "checkpoint_callbacks", []):
             # Lightning would save again as the stopped epoch ends, overwriting the
             # mid-epoch checkpoint with one that resumes at the next epoch

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict, TypeVar, get_args, get_type_hints
 
@@ -25,8 +26,28 @@ STATUSES: tuple[str, ...] = get_args(Status)
 T = TypeVar("T")
 COLUMN = "a column of the sweep report"
 SOMETIMES = "only in some finished runs"
-# Exceptions that mean the job's own input is wrong: one line, no traceback, not retried.
+# Exceptions that mean the job's own input is wrong when normlab's own checks raise them: one
+# line, no traceback, not retried (is_bad_input).
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+_OWN_CODE = (
+    Path(__file__).resolve().parent,
+    Path(__file__).resolve().parent.parent / "hydra_plugins",
+)
+
+
+def is_bad_input(error: BaseException) -> bool:
+    """Whether `error` is one of normlab's own input checks (a USER_ERRORS exception raised in
+    normlab's code): the run's input is wrong and rerunning it cannot help. The same exception
+    types raised inside a library (a logger, torch) are failures to retry, not bad input."""
+    if not isinstance(error, USER_ERRORS):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return True  # raised and recorded without a traceback: by normlab's own code
+    origin = Path(frames[-1].filename).resolve()
+    return any(origin.is_relative_to(root) for root in _OWN_CODE)
+
+
 Column = Annotated[T, COLUMN]  # normlab.report.COLUMNS, in the order of RunResult
 Sometimes = Annotated[T, SOMETIMES]  # absent from a finished run unless it applies
 

@@ -101,7 +101,6 @@ PREVIOUS_RUN_OUTPUTS = (
     "fit-profile.txt",
     "eval",
     "error.log",
-    ".skipped",
 )
 MAX_SHOWN = 6  # differing keys named in the refusal; the rest are counted
 

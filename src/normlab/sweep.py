@@ -1,28 +1,137 @@
-"""Hydra callback that closes a multirun with one line: how many jobs completed, failed, diverged.
+"""What one sweep command did, and the line that closes it.
 
-Configured under `hydra.callbacks` in conf/hydra/default.yaml; it reads only the results.json
-files of the sweep folder, as reports do, so it works with every launcher.
+A sweep folder can hold jobs of earlier commands (a re-run skips what already finished), so
+the closing line counts the jobs of *this* command, from a ledger the command keeps in the
+sweep folder: `SweepSummary.on_multirun_start` names the command (a token in the environment,
+which every launcher passes to its jobs: in process, submitit_local, SLURM), and each job
+notes there whether it was launched, skipped as already finished, or refused (its folder holds
+another run, or another process runs in it). At the end the line reads each noted job's
+results.json: completed, failed, diverged, interrupted, or unrecorded when a launched job left
+no outcome (killed from outside). The command then exits non-zero when any job failed, was
+refused or is unrecorded, so a script or CI that runs a sweep sees it.
+
+Configured under `hydra.callbacks` in conf/hydra/default.yaml.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from normlab.results import RESULTS_FILE, MalformedResults, load_record
 
+COMMAND_ENV = "NORMLAB_SWEEP_COMMAND"  # the token of the sweep command a job belongs to
+LEDGER_DIR = Path(".normlab") / "commands"  # <sweep folder>/.normlab/commands/<token>/<job>.json
+Outcome = Literal["launched", "skipped", "refused"]
+
+
+def start_command() -> str:
+    """Name this sweep command (its jobs inherit the token through the environment)."""
+    token = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+    os.environ[COMMAND_ENV] = token
+    return token
+
+
+def note_job(
+    sweep_dir: Path, job_num: int, folder: Path, outcome: Outcome, reason: str = ""
+) -> None:
+    """Record in this command's ledger what became of job `job_num` (the last note wins);
+    nothing outside a sweep command."""
+    token = os.environ.get(COMMAND_ENV)
+    if not token:
+        return
+    ledger = Path(sweep_dir) / LEDGER_DIR / token
+    ledger.mkdir(parents=True, exist_ok=True)
+    note = {"job": job_num, "folder": str(folder), "outcome": outcome, "reason": reason}
+    tmp = ledger / f".{job_num}.json.tmp"
+    tmp.write_text(json.dumps(note))
+    tmp.replace(ledger / f"{job_num}.json")
+
+
+def noted_once(sweep_dir: Path, job_num: int) -> bool:
+    """Whether this command's ledger already has job `job_num`."""
+    token = os.environ.get(COMMAND_ENV)
+    return bool(token) and (Path(sweep_dir) / LEDGER_DIR / str(token) / f"{job_num}.json").is_file()
+
+
+@dataclass
+class CommandTally:
+    """The jobs of one sweep command: how each ended, and what the command did with it."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    launched: int = 0
+    skipped: int = 0
+    refused: int = 0
+    unrecorded: int = 0
+
+    @property
+    def jobs(self) -> int:
+        return self.launched + self.skipped + self.refused
+
+    @property
+    def troubled(self) -> int:
+        """Jobs that make the command fail: failed, refused or without an outcome."""
+        return self.statuses["failed"] + self.refused + self.unrecorded
+
+
+def _status(folder: Path) -> str | None:
+    """The status in `folder`'s results.json; None when absent, malformed (named in a
+    warning) or still `running`."""
+    path = folder / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        status = str(load_record(path)["status"])
+    except MalformedResults as error:
+        print(f"normlab: warning: {error}", file=sys.stderr)
+        return None
+    return None if status == "running" else status
+
+
+def command_tally(sweep_dir: Path, token: str | None = None) -> CommandTally | None:
+    """The tally of command `token` (default: this process's command) in `sweep_dir`; None
+    when that command left no ledger there."""
+    token = token or os.environ.get(COMMAND_ENV)
+    ledger = Path(sweep_dir) / LEDGER_DIR / str(token)
+    if not token or not ledger.is_dir():
+        return None
+    tally = CommandTally()
+    for path in sorted(ledger.glob("*.json")):
+        try:
+            note: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        outcome = note.get("outcome")
+        if outcome == "refused":
+            tally.refused += 1
+            continue
+        if outcome == "skipped":
+            tally.skipped += 1
+        else:
+            tally.launched += 1
+        status = _status(Path(str(note.get("folder"))))
+        if status is None:
+            tally.unrecorded += 1
+        else:
+            tally.statuses[status] += 1
+    return tally
+
 
 def sweep_statuses(sweep_dir: Path) -> Counter[str]:
     """Count the `status` of every results.json under `sweep_dir`; a malformed one is named in
     a warning and counted 'missing'."""
     counts: Counter[str] = Counter()
-    for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
+    for path in sorted(Path(sweep_dir).rglob(RESULTS_FILE)):
         try:
             counts[str(load_record(path)["status"])] += 1
         except MalformedResults as error:
@@ -31,43 +140,46 @@ def sweep_statuses(sweep_dir: Path) -> Counter[str]:
     return counts
 
 
-SKIPPED_MARKER = ".skipped"
-
-
-def mark_skipped(output_dir: Path) -> None:
-    """Note that a re-run sweep skipped this finished job (read by the summary line)."""
-    (Path(output_dir) / SKIPPED_MARKER).touch()
-
-
-def skipped_since(sweep_dir: Path, since: float) -> int:
-    """Jobs of `sweep_dir` skipped as already finished since `since` (a time.time())."""
-    return sum(1 for p in sweep_dir.rglob(SKIPPED_MARKER) if p.stat().st_mtime >= since)
-
-
-def summary_line(sweep_dir: Path, skipped: int = 0) -> str:
-    """'normlab: sweep finished: N jobs: a completed, b failed, c diverged (...) in <dir>', with
-    how many of them a re-run skipped because they had already finished."""
-    counts = sweep_statuses(sweep_dir)
-    total = sum(counts.values())
-    missing = counts.pop("missing", 0)
+def _status_parts(counts: Counter[str]) -> list[str]:
+    counts = Counter(counts)
     parts = [f"{counts.pop(s, 0)} {s}" for s in ("completed", "failed", "diverged")]
-    parts += [f"{n} {s}" for s, n in sorted(counts.items())]
-    if missing:
-        parts.append(f"{missing} without results")
-    if skipped:
-        parts.append(f"{skipped} of them skipped as already finished")
-    return f"normlab: sweep finished: {total} jobs: {', '.join(parts)}; results in {sweep_dir}"
+    return parts + [f"{n} {s}" for s, n in sorted(counts.items()) if n]
+
+
+def summary_line(sweep_dir: Path, tally: CommandTally | None = None) -> str:
+    """'normlab: sweep finished: N jobs: a completed, b failed, c diverged; l launched, s
+    skipped as already finished, r refused, u unrecorded; results in <dir>' for this command's
+    jobs (`tally`, default: this process's command). Without a ledger (a folder summarised
+    after the fact) it counts every results.json of the folder."""
+    tally = tally if tally is not None else command_tally(sweep_dir)
+    if tally is None:
+        counts = sweep_statuses(sweep_dir)
+        missing = counts.pop("missing", 0)
+        parts = _status_parts(counts)
+        if missing:
+            parts.append(f"{missing} without results")
+        total = sum(counts.values()) + missing
+        return f"normlab: sweep finished: {total} jobs: {', '.join(parts)}; results in {sweep_dir}"
+    did = (
+        f"{tally.launched} launched, {tally.skipped} skipped as already finished, "
+        f"{tally.refused} refused, {tally.unrecorded} unrecorded"
+    )
+    return (
+        f"normlab: sweep finished: {tally.jobs} jobs: {', '.join(_status_parts(tally.statuses))}; "
+        f"{did}; results in {sweep_dir}"
+    )
 
 
 class SweepSummary(Callback):
-    """Print the summary line when a multirun ends."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
+    """Name the sweep command when it starts; print its summary line when it ends, exiting 1
+    when any of its jobs failed, was refused or left no outcome."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time() - 1.0  # file times have coarse resolution on some systems
+        start_command()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        print(summary_line(sweep_dir, skipped_since(sweep_dir, self.started)), flush=True)
+        tally = command_tally(sweep_dir)
+        print(summary_line(sweep_dir, tally), flush=True)
+        if tally is not None and tally.troubled:
+            sys.exit(1)

@@ -22,11 +22,12 @@ from normlab.environment import (
     check_devices,
     device_count,
     effective_strategy,
+    job_overrides,
     process_rank,
     slurm_job_id,
     under_slurm,
 )
-from normlab.results import USER_ERRORS, RunResult, compared_metric, redact, write_results
+from normlab.results import RunResult, compared_metric, is_bad_input, redact, write_results
 from normlab.run_folder import already_line, claimed
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
@@ -56,7 +57,12 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
     and records the outcome (a failure too, with error.log) when it ends."""
     start = time.time()
     output_dir.mkdir(parents=True, exist_ok=True)
-    results: RunResult = {"status": "running", **run_axes(cfg), "output_dir": str(output_dir)}
+    # recorded first, so that whatever raises below (a bad value included) has its record
+    results: RunResult = {
+        "status": "running",
+        "output_dir": str(output_dir),
+        "overrides": job_overrides(),
+    }
     if under_slurm():
         results["slurm_job_id"] = slurm_job_id()
     if primary:
@@ -64,6 +70,9 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
         write_results(output_dir, results)
     parts: Run | None = None
     try:
+        results = {"status": "running", **run_axes(cfg), **results}
+        if primary:
+            write_results(output_dir, results)
         spawned = effective_strategy(cfg.trainer.get("strategy")) == "ddp_spawn"
         ranks = device_count(cfg.trainer) if spawned else 1  # spawned ranks share this job's cores
         results["threads"] = configure_threads(cfg.get("threads"), ranks)
@@ -91,7 +100,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
             results.update(fit_results(cfg, parts, output_dir))
     except Exception as error:
         results.update(status="failed", error=redact(f"{type(error).__name__}: {error}"))
-        results["bad_input"] = isinstance(error, USER_ERRORS)
+        results["bad_input"] = is_bad_input(error)
         if primary:
             (output_dir / "error.log").write_text(redact(traceback.format_exc()))
         raise

@@ -27,6 +27,7 @@ from normlab.slurm import (
     record_lost_job,
     slurm_request,
 )
+from normlab.sweep import note_job, noted_once
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class NormlabSlurmLauncher(SlurmLauncher):
                 state = job.state
                 job_dir = self._job_dir(configs[idx], sweep_dir, overrides)
                 record_lost_job(job_dir, overrides, str(job.job_id), state)
+                if not noted_once(sweep_dir, idx):  # it never started: this command's all the same
+                    note_job(sweep_dir, idx, job_dir, "launched")
                 print(
                     f"normlab: SLURM job {job.job_id} (#{idx}: {' '.join(overrides)}) ended "
                     f"{state} without a result; recorded as failed in {job_dir}",
