@@ -9,7 +9,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from normlab.cli import hydra_entry, preflight, quiet_hydra_warnings, register_resolvers
+from normlab.cli import hydra_entry, preflight, quiet_hydra_warnings
+from normlab.config.resolvers import register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 register_resolvers()

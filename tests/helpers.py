@@ -57,7 +57,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """The config `python train.py <overrides>` would run (without Hydra's own settings)."""
     from hydra import compose, initialize_config_dir
 
-    from normlab.cli import register_resolvers
+    from normlab.config.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -66,14 +66,18 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict[str, Any]:
     """normlab.train.run on the config `python train.py <overrides>` would run, in this process
-    (the command line's work without its process start); torch's thread count is restored
-    afterwards, since `threads=` sets it for the whole process."""
+    (the command line's work without its process start); torch's thread count and
+    OMP_NUM_THREADS are restored afterwards, since `threads=` sets them for the whole process."""
     import torch
 
     from normlab.train import run
 
-    threads = torch.get_num_threads()
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     try:
         return dict(run(compose_config(overrides), output_dir))
-    finally:
+    finally:  # `threads=` also sets OMP_NUM_THREADS, which later subprocesses would inherit
         torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp

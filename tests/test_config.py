@@ -9,12 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.cli import (
-    check_config_overrides,
-    check_group_overrides,
-    group_choices,
-    register_resolvers,
-)
+from normlab.cli import check_config_overrides, check_group_overrides, group_choices
+from normlab.config.resolvers import register_resolvers
 from normlab.config.schemas import (
     DATA_SCHEMAS,
     GROUP_SCHEMAS,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import secrets
 import sys
 import warnings
 from collections.abc import Sequence
@@ -36,12 +35,6 @@ def quiet_hydra_warnings() -> None:
     same name (so `hydra/launcher=submitit_local` keeps working); Hydra warns about that
     automatic schema match on every load, which is noise here."""
     warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
-
-
-def register_resolvers() -> None:
-    """`${normlab_uid:}`: a random suffix, cached so one run resolves it once."""
-    if not OmegaConf.has_resolver("normlab_uid"):
-        OmegaConf.register_new_resolver("normlab_uid", lambda: secrets.token_hex(3), use_cache=True)
 
 
 def group_choices(conf_dir: Path, group: str) -> list[str] | None:

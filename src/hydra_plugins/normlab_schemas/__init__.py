@@ -6,6 +6,8 @@ lists (`/<group>_<option>_schema`, conf/train.yaml's `train_schema`) are stored 
 the config is composed: train.py, Hydra's compose API in tests and scripts, notebooks.
 """
 
+from normlab.config.resolvers import register_resolvers
 from normlab.config.schemas import register_schemas
 
 register_schemas()
+register_resolvers()  # ${normlab_precision:...} in conf/scale/cifar.yaml, ${normlab_uid:}
