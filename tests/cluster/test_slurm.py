@@ -36,10 +36,18 @@ if shutil.which("sbatch") is None:
         allow_module_level=True,
     )
 
-# Two jobs of 24 epochs x 64 steps (~70 s each on one core; the node has two): long enough to be
-# interrupted mid-epoch and to outlive KillWait (30 s: SLURM sends SIGTERM first, and normlab
-# keeps training on SIGTERM) and a 15 s grace time, short enough for a test.
+# Two jobs of 24 epochs x 64 steps, each step paced to at least 50 ms (tests/cluster/pacing.py),
+# so a job lasts at least 77 s on any machine (the node has two cores, one per job): long enough
+# to be interrupted mid-epoch and to outlive KillWait (30 s: SLURM sends SIGTERM first, and
+# normlab keeps training on SIGTERM) and a 15 s grace time, short enough for a test. Unpaced,
+# a machine twice as fast as the one these tests were written on finished the jobs within
+# KillWait, so requeues and cancels never took effect.
+PACE = [
+    "+callbacks.extra.pace._target_=tests.cluster.pacing.Pace",
+    "+callbacks.extra.pace.seconds=0.05",
+]
 JOB_ARGS = [
+    *PACE,
     "norm=bn,gn",
     "trainer.max_epochs=24",
     "batch_size=16",
@@ -56,6 +64,9 @@ COMPARED = ("epochs", "steps", "val_acc", "val_loss")
 def _cluster(grace_s: int = 0, preempt_signal: bool = False) -> dict[str, str]:
     """(Re)configure the local SLURM when this machine has the script; its client env."""
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(  # the jobs import tests.cluster.pacing
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+    )
     if SLURM_LOCAL.is_file() and os.geteuid() == 0:
         env.update(
             SLURM_LOCAL_GRACE_TIME=str(grace_s), SLURM_LOCAL_PREEMPT_SIGNAL=str(int(preempt_signal))
@@ -121,13 +132,13 @@ class Sweep:
         )
         time.sleep(3)
 
-    def finish(self, timeout_s: float = 600) -> str:
+    def finish(self, timeout_s: float = 600, returncode: int = 0) -> str:
         try:
             self.process.wait(timeout=timeout_s)
         finally:
             self.log.close()
         output = self.output()
-        assert self.process.returncode == 0, output[-3000:]
+        assert self.process.returncode == returncode, output[-3000:]
         return output
 
     def output(self) -> str:
@@ -264,7 +275,7 @@ def test_a_killed_job_is_recorded_failed_and_the_sweep_goes_on(
     sweep = Sweep(tmp_path / "sweep", local_cluster)
     sweep.wait_mid_training()
     slurm(local_cluster, "scancel", sweep.job_id(1))
-    output = sweep.finish()
+    output = sweep.finish(returncode=1)  # a failed job fails the sweep command
     assert "2 jobs: 1 completed, 1 failed" in output, output[-2000:]
     results = sweep.results()
     assert results[0]["status"] == "completed"
@@ -275,6 +286,7 @@ def test_a_killed_job_is_recorded_failed_and_the_sweep_goes_on(
 
 
 DDP_ARGS = [
+    *PACE,
     "trainer=ddp_cpu",  # two tasks of one core: each task is one DDP rank (gloo)
     "norm=bn",
     "trainer.max_epochs=12",
