@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from normlab.report import accuracy_table, collect_results, status_counts, write_report
+from normlab.paper_report import flatten_norm_params
+from normlab.report import (
+    accuracy_table,
+    collect_results,
+    status_counts,
+    varied_axes,
+    write_report,
+)
 from normlab.results import write_results
 
 
@@ -144,3 +151,31 @@ def test_malformed_results_are_named_and_the_report_goes_on(
     assert accuracy_table(frame).loc["bn", 2] == 50.0  # the good runs still tabulated
     write_report(tmp_path)
     assert "11 jobs: 4 completed, 1 failed, 1 diverged, 5 without results" in summary_line(tmp_path)
+
+
+def _record(folder: Path, acc: float, **fields: object) -> None:
+    write_results(
+        folder,
+        {"status": "completed", "norm": "bn", "batch_size": 32, "seed": 0, "global_batch_size": 256,
+         "base_lr": 0.1, "best_val_acc": acc, "val_acc": acc, "epochs": 30, **fields},
+    )  # fmt: skip
+
+
+def test_another_reference_batch_or_epoch_budget_is_another_row(tmp_path: Path) -> None:
+    """The recipe's comparisons: lr 0.1 against 0.2 at one global batch (optim.ref_batch_size
+    changed, optim.lr not), 15 epochs against 30 (a record from before max_epochs was recorded
+    counts the epochs it completed). Both used to be averaged into one row."""
+    _record(tmp_path / "a", 0.80, lr=0.1)  # no max_epochs: an older record, 30 epochs trained
+    _record(tmp_path / "b", 0.90, lr=0.2, max_epochs=30)
+    _record(tmp_path / "c", 0.70, lr=0.2, max_epochs=15, epochs=15)
+    frame = collect_results(tmp_path)
+    assert varied_axes(flatten_norm_params(frame)) == ["lr", "max_epochs"]
+    assert sorted(accuracy_table(frame)[32].tolist()) == [70.0, 80.0, 90.0]
+
+
+def test_a_learning_rate_that_follows_the_batch_is_no_axis(tmp_path: Path) -> None:
+    """gn_batch_size: the linear scaling rule gives each batch its own lr; no extra column."""
+    for batch, acc in ((2, 0.5), (32, 0.8)):
+        _record(tmp_path / str(batch), acc, batch_size=batch, global_batch_size=8 * batch,
+                lr=0.1 * 8 * batch / 256, max_epochs=30)  # fmt: skip
+    assert varied_axes(flatten_norm_params(collect_results(tmp_path))) == []

@@ -213,6 +213,7 @@ def run_axes(cfg: DictConfig) -> RunResult:
         "preset": cfg.get("preset"),
         "overrides": job_overrides(),
         "precision": str(cfg.trainer.get("precision", "32-true")),
+        "max_epochs": cfg.trainer.get("max_epochs"),
         "memory_format": "channels_last" if cfg.model.get("channels_last") else "contiguous",
         "provenance": dict(provenance(cfg.trainer.get("accelerator", "cpu"))),
     }

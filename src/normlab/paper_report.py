@@ -36,6 +36,8 @@ AXIS_NAMES = {
     "eval_alpha": "eval alpha",
     "norm_weight_decay": "γ/β decay",
     "base_lr": "lr (optim.lr)",
+    "lr": "lr (scaled)",
+    "max_epochs": "epochs (budget)",
     "model": "model",
     "data": "data",
     "precision": "precision",
@@ -55,12 +57,25 @@ class SweepReport:
     verdicts: list[Verdict] = field(default_factory=list)
 
 
+def with_epoch_budget(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with max_epochs filled, for records written before it was, from the epochs a
+    completed run trained (its budget); other runs' budgets stay unknown."""
+    if "epochs" not in frame or "status" not in frame:
+        return frame
+    frame = frame.copy()
+    budget = frame["max_epochs"] if "max_epochs" in frame else pd.Series(None, index=frame.index)
+    trained = frame["epochs"].where(frame["status"] == "completed")
+    frame["max_epochs"] = budget.where(budget.notna(), trained)
+    return frame
+
+
 def swept_axes(frame: pd.DataFrame) -> list[str]:
     """The run axes whose value differs between runs (the seed aside), in table order; `norm`
-    always, so a one-norm sweep still names its method. Derived values (the scaled lr, the
-    global batch) are not axes: they follow from the axes. A norm's own parameters (its
-    momentum, norm.<param>) are axes only where they differ between runs of one norm, not
-    merely between norms with different defaults (BRN's momentum 0.01 against BN's 0.1)."""
+    always, so a one-norm sweep still names its method. The scaled lr is an axis only where it
+    differs between runs of one global batch and optim.lr (another optim.ref_batch_size): it
+    follows from those otherwise. A norm's own parameters (its momentum, norm.<param>) are axes
+    only where they differ between runs of one norm, not merely between norms with different
+    defaults (BRN's momentum 0.01 against BN's 0.1)."""
     axes = []
     for axis in AXIS_NAMES:
         if axis not in frame:
@@ -69,6 +84,9 @@ def swept_axes(frame: pd.DataFrame) -> list[str]:
         values = frame[axis].map(axis_label).where(frame[axis].notna())
         if axis in ("momentum",) or axis.startswith("norm."):
             varies = (values.groupby(frame["norm"]).nunique() > 1).any()
+        elif axis == "lr" and {"global_batch_size", "base_lr"} <= set(frame):
+            keys = [frame["global_batch_size"].astype(str), frame["base_lr"].astype(str)]
+            varies = (values.groupby(keys).nunique() > 1).any()
         else:
             varies = values.dropna().nunique() > 1
         if axis == "norm" or varies:
@@ -78,7 +96,7 @@ def swept_axes(frame: pd.DataFrame) -> list[str]:
 
 def build_report(frame: pd.DataFrame, value: str = "val_acc") -> SweepReport:
     """Aggregate a sweep's runs (results.json rows) over seeds and match the paper's numbers."""
-    frame = flatten_norm_params(frame)
+    frame = with_epoch_budget(flatten_norm_params(frame))
     axes = swept_axes(frame)
     summary = seed_summary(frame, axes, value)
     presets = sorted({str(p) for p in frame.get("preset", pd.Series(dtype=object)).dropna()})

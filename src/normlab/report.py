@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from normlab.aggregate import axis_label, flatten_norm_params, own_runs
-from normlab.paper_report import swept_axes, write_paper_report
+from normlab.paper_report import swept_axes, with_epoch_budget, write_paper_report
 from normlab.results import (
     COLUMN_FIELDS,
     RESULTS_FILE,
@@ -53,7 +53,7 @@ def collect_results(folder: Path) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None
-    return frame
+    return with_epoch_budget(frame)
 
 
 def compared_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -72,6 +72,7 @@ class RunResult(TypedDict, total=False):
     overrides: list[str]  # the job's command-line overrides (a re-run sweep checks them)
     devices: int | str  # trainer.devices as given
     precision: Column[str]  # trainer.precision: 32-true, bf16-mixed, 16-mixed, ...
+    max_epochs: int | None  # trainer.max_epochs: the budget (epochs: how many it trained)
     memory_format: Column[str]  # channels_last or contiguous (model.channels_last)
     provenance: dict[str, Any]  # normlab.provenance.Provenance: code, torch, device
     # the job
