@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.console import error_line
-from normlab.results import RunResult, finished_result, is_bad_input
+from normlab.results import RunResult, finished_result, is_bad_input, write_results
 from normlab.run_folder import (
     FolderHoldsAnotherRun,
     RunFolder,
@@ -27,6 +27,7 @@ from normlab.run_folder import (
     fingerprint,
     preflight_claim,
 )
+from normlab.run_records import RUN_KEY, published_record
 from normlab.sweep import note_job, summary_line
 
 
@@ -409,6 +410,8 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     try:
         with folder.locked(create=False) if primary else nullcontext():
             done = finished_job(cfg, folder, list(hydra_cfg.overrides.task), multirun)
+            if done is None and multirun and not (output_dir / "results.json").is_file():
+                done = published_job(cfg, folder, Path(str(hydra_cfg.runtime.cwd)))
             if done is not None:
                 note("skipped")
                 return done.get("best_val_acc")
@@ -461,3 +464,31 @@ def finished_job(
     if done is not None:  # a re-run sweep: this job already has its outcome
         print(f"normlab: skipped, already {done['status']}: {folder.path / 'results.json'}")
     return done
+
+
+def published_job(cfg: DictConfig, folder: RunFolder, launch_dir: Path) -> RunResult | None:
+    """A preset's sweep job that its committed run records already hold, finished with the
+    same settings (the same fingerprint): the record, written into the job's folder with its
+    fingerprint and reported in one line, so the job is not run again; None to run it. A
+    comparison can so be extended, or finished in chunks on several machines, from a fresh
+    clone (`published_records`, `preset`)."""
+    where, preset = cfg.get("published_records"), cfg.get("preset")
+    if not where or not preset:
+        return None
+    path = launch_dir / str(where) / f"{preset}.jsonl"
+    new = fingerprint(cfg)
+    found = published_record(path, new.digest)
+    if found is None:
+        return None
+    number, record = found
+    record.pop(RUN_KEY, None)
+    source = f"{path.relative_to(launch_dir) if path.is_relative_to(launch_dir) else path}:{number}"
+    record.update(output_dir=str(folder.path), published_from=source)
+    with folder.locked():
+        folder.record(new)
+        write_results(folder.path, record)  # type: ignore[arg-type]
+    print(
+        f"normlab: skipped, already published: {source} holds this job "
+        f"({record['status']}); copied to {folder.path / 'results.json'}"
+    )
+    return record  # type: ignore[return-value]

@@ -103,6 +103,8 @@ class RunResult(TypedDict, total=False):
     world_size: int
     resumed_from: str | None  # the checkpoint this job continued from
     resume_fallback: Sometimes[str]  # last.ckpt could not be read: what was resumed instead
+    fingerprint: str  # sha256 of the run's defining settings (normlab.run_folder)
+    published_from: Sometimes[str]  # a sweep job not run again: the committed record it copies
     # population statistics
     precise_bn_samples: Column[int]
     frozen_bn_last_epochs: Column[int]

@@ -12,6 +12,7 @@ The defining settings are the resolved config without OPERATIONAL_KEYS, the keys
 how a run executes, not what it computes:
 
 - `resume`, `ckpt_path`: which checkpoint a run continues from;
+- `published_records`: where a sweep looks for runs already published;
 - `threads`, `print_config`: CPU threads, the console;
 - `logger`: where metrics go (CSV, TensorBoard, W&B project, entity and mode);
 - `callbacks`: the progress bar, which checkpoints are kept, and `callbacks.extra` (a test's
@@ -65,6 +66,7 @@ LEGACY_CONFIG_FILE = "config_resolved.yaml"  # what a folder from before fingerp
 LOCK_FILE = ".lock"
 OPERATIONAL_KEYS = (
     "resume",
+    "published_records",
     "ckpt_path",
     "threads",
     "print_config",

@@ -75,3 +75,20 @@ def materialize_records(path: Path, folder: Path) -> int:
             raise ValueError(f"{path}: run folder '{run}' lies outside the sweep folder")
         write_results(target, record)
     return len(records)
+
+
+def published_record(path: Path, digest: str) -> tuple[int, dict[str, Any]] | None:
+    """(line number, record) of the first finished run (completed or diverged) in the records
+    file `path` whose settings have the fingerprint `digest`; None when none has (or no file)."""
+    if not Path(path).is_file():
+        return None
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("fingerprint") == digest and record.get("status") in (
+            "completed",
+            "diverged",
+        ):
+            return number, record
+    return None

@@ -28,7 +28,7 @@ from normlab.environment import (
     under_slurm,
 )
 from normlab.results import RunResult, compared_metric, is_bad_input, redact, write_results
-from normlab.run_folder import already_line, claimed
+from normlab.run_folder import already_line, claimed, fingerprint
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.wandb_logging import log_results_table
@@ -71,6 +71,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
     parts: Run | None = None
     try:
         results = {"status": "running", **run_axes(cfg), **results}
+        results["fingerprint"] = fingerprint(cfg).digest
         if primary:
             write_results(output_dir, results)
         spawned = effective_strategy(cfg.trainer.get("strategy")) == "ddp_spawn"

@@ -292,6 +292,10 @@ class TrainConfig:
     # the paper preset this job belongs to (set by conf/experiment/<preset>.yaml; the report
     # puts that paper's published numbers beside the results)
     preset: str | None = None
+    # committed run records (<folder>/<preset>.jsonl, relative to where the command runs): a
+    # sweep job of a preset whose exact settings a finished record holds is not run again, its
+    # record is written into its folder (null: run every job)
+    published_records: str | None = "docs/results/runs"
     # The config groups, filled by conf/train.yaml's defaults list: model, data, optim and sched
     # from the schemas below, the others open.
     norm: Any = MISSING
