@@ -76,6 +76,8 @@ def test_eval_entry_prints_the_table_and_refuses_bad_input(
     ok = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), *args], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "precise_bn" in ok.stdout and "val acc %" in ok.stdout
+    assert ok.stdout.splitlines()[0].startswith("statistics"), "the table and nothing else"
+    assert "available" not in ok.stdout + ok.stderr, "no Lightning advertisement lines"
     entry = runpy.run_path(str(REPO_ROOT / "eval.py"))["main"]
     stray = tmp_path / "model.ckpt"
     stray.write_bytes(b"")
@@ -83,9 +85,55 @@ def test_eval_entry_prints_the_table_and_refuses_bad_input(
         ([f"ckpt_path={stray}"], 1, ["config_resolved.yaml not found"]),
         (["ckpt_path=x", "alhpas=[1]"], 2, ["alhpas", "alphas"]),
         (["alphas=[1]"], 2, ["ckpt_path=", "is required"]),
+        ([f"ckpt_path={ckpt}", "data.nme=x"], 1, ["data.nme is no key", "data.name"]),
     ]:
         with pytest.raises(SystemExit) as exited:
             entry(argv)
         err = capsys.readouterr().err
         assert exited.value.code == code and err.count("\n") == 1, err
         assert all(w in err for w in words), err
+
+
+def test_the_runs_own_config_can_be_overridden_and_a_wrong_key_is_named(
+    trained: tuple[Path, dict],
+) -> None:
+    """eval.py used to accept no key of the run's config ("Key 'data' not in 'EvalChoices'"),
+    so a run folder could not be evaluated elsewhere (another data.root) or on a subset."""
+    folder, _ = trained
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    choices = EvalChoices(precise_bn_samples=[], batch_sizes=[], alphas=[])
+    rows = evaluate_checkpoint(ckpt, choices, tmp_out := folder / "eval_subset",
+                               {"data.val_samples": 64, "trainer": "cpu"})  # fmt: skip
+    assert rows[0]["overrides"] == {"data.val_samples": 64, "trainer": "cpu"}
+    assert (rows[0]["val_acc"] * 64) == pytest.approx(round(rows[0]["val_acc"] * 64))
+    assert (tmp_out / EVAL_FILE).is_file()
+    with pytest.raises(
+        ValueError, match=r"data\.val_sample is no key .*did you mean data\.val_samples"
+    ):
+        evaluate_checkpoint(ckpt, choices, None, {"data.val_sample": 64})
+    with pytest.raises(ValueError, match="trainer=tpu: valid choices: cpu, gpu"):
+        evaluate_checkpoint(ckpt, choices, None, {"trainer": "tpu"})
+
+
+def test_a_whole_sweep_is_one_table_with_a_row_per_run_and_choice(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    import shutil
+
+    from normlab.evaluation import evaluate_sweep, format_rows, varied_run_axes
+
+    folder, _ = trained
+    sweep = tmp_path / "sweep"
+    for job, seed in ((0, 1), (1, 0)):
+        shutil.copytree(folder, sweep / str(job))
+        record = json.loads((sweep / str(job) / "results.json").read_text())
+        (sweep / str(job) / "results.json").write_text(json.dumps({**record, "seed": seed}))
+    choices = EvalChoices(precise_bn_samples=[64], batch_sizes=[], alphas=[])
+    rows = evaluate_sweep(sweep, choices)
+    assert [(r["run"], r["seed"], r["statistics"]) for r in rows] == [
+        ("1", 0, "ema"), ("1", 0, "precise_bn"), ("1", 0, "batch"),
+        ("0", 1, "ema"), ("0", 1, "precise_bn"), ("0", 1, "batch"),
+    ]  # fmt: skip
+    assert varied_run_axes(rows) == ["seed"]
+    table = format_rows(rows, ["seed"]).splitlines()
+    assert table[0].split()[:3] == ["run", "seed", "statistics"] and len(table) == 7

@@ -9,7 +9,11 @@ statistics; one row per choice, all from the same weights.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,11 +82,47 @@ def load_weights(ckpt_path: Path) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
-def eval_config(cfg: DictConfig) -> DictConfig:
+ACCELERATORS = ("cpu", "gpu")
+_ABSENT = object()
+
+
+def apply_overrides(cfg: DictConfig, overrides: dict[str, Any], source: Path) -> DictConfig:
+    """The run's config with `overrides` ({'data.root': '/elsewhere', ...}) set; a key the
+    run's config does not have is refused in one line naming the keys beside it."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for key, value in overrides.items():
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            parent, _, _ = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+            near = (
+                ", ".join(f"{parent}.{k}" if parent else str(k) for k in node)
+                if isinstance(node, DictConfig)
+                else "none"
+            )
+            names = (
+                [f"{parent}.{k}" if parent else str(k) for k in node]
+                if isinstance(node, DictConfig)
+                else []
+            )
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(
+                f"{key} is no key of the run's config ({source}){hint}; keys there: {near}"
+            )
+        OmegaConf.update(cfg, key, value, merge=True)
+    return cfg
+
+
+def eval_config(cfg: DictConfig, accelerator: str | None = None) -> DictConfig:
     """The run's config for evaluation only: no logger, no checkpoints, no resume, no PreciseBN
-    inside the trainer, one CPU process unless the run used a GPU that is still there."""
+    inside the trainer, one process, on `accelerator` (cpu or gpu; None: the run's GPU if it
+    used one and it is still there, else the CPU)."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available()
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ValueError("trainer=gpu: this machine has no CUDA GPU; give trainer=cpu")
+    if accelerator is None:
+        accelerator = cfg.trainer.get("accelerator")
+    gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
     cfg.trainer = {"accelerator": "gpu" if gpu else "cpu", "devices": 1, "max_epochs": 1}
     cfg.logger = {"csv": False, "wandb": False}
     cfg.callbacks.checkpoint.enabled = False
@@ -96,14 +136,26 @@ def eval_config(cfg: DictConfig) -> DictConfig:
 
 
 def evaluate_checkpoint(
-    ckpt_path: Path, choices: EvalChoices, out_dir: Path | None = None
+    ckpt_path: Path,
+    choices: EvalChoices,
+    out_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every choice's validation accuracy for one checkpoint; written to <run>/eval/."""
+    """Every choice's validation accuracy for one checkpoint; written to <run>/eval/.
+    `overrides` change the run's own config first (`data.root`, `data.val_samples`, ...;
+    `trainer`: cpu or gpu), so a run folder can be evaluated on another machine."""
     run_dir, saved_cfg = run_folder_config(ckpt_path)
     state = load_weights(ckpt_path)  # before data and model: a bad file fails at once
-    cfg = eval_config(saved_cfg)
+    given = {"overrides": dict(overrides)} if overrides else {}
+    overrides = dict(overrides or {})
+    accelerator = overrides.pop("trainer", None)
+    if accelerator is not None and accelerator not in ACCELERATORS:
+        raise ValueError(f"trainer={accelerator}: valid choices: {', '.join(ACCELERATORS)}")
+    saved_cfg = apply_overrides(saved_cfg, overrides, run_dir / "config_resolved.yaml")
+    cfg = eval_config(saved_cfg, accelerator)
     out_dir = out_dir or run_dir / "eval"
-    run = build_run(cfg, out_dir)
+    with _quiet_lightning():
+        run = build_run(cfg, out_dir)
     try:
         run.module.load_state_dict(state)
         device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
@@ -112,10 +164,52 @@ def evaluate_checkpoint(
     finally:
         run.close(failed=False)
     axes = _run_axes(run_dir)
-    rows = [{**axes, "checkpoint": str(ckpt_path), **row} for row in rows]
+    rows = [{**axes, "checkpoint": str(ckpt_path), **given, **row} for row in rows]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / EVAL_FILE).write_text(json.dumps(redact(rows), indent=1) + "\n")
     return rows
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's info lines (GPU available, TPU available, ...) kept off eval.py's output."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def sweep_checkpoints(sweep: Path) -> list[Path]:
+    """The last checkpoint of every run below a sweep folder, in folder order."""
+    found = sorted(Path(sweep).rglob("checkpoints/last.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"sweep={sweep}: no <run>/checkpoints/last.ckpt below it")
+    return found
+
+
+def evaluate_sweep(
+    sweep: Path, choices: EvalChoices, overrides: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """evaluate_checkpoint for every run of a sweep folder: one row per run and choice, each
+    with its run folder (`run`) and axes, ordered by the axes the sweep varied."""
+    rows = []
+    for ckpt in sweep_checkpoints(sweep):
+        run = str(ckpt.parent.parent.relative_to(sweep))
+        rows += [{"run": run, **row} for row in evaluate_checkpoint(ckpt, choices, None, overrides)]
+    axes = varied_run_axes(rows)
+    rows.sort(key=lambda row: tuple(str(row.get(axis)) for axis in axes))
+    return rows
+
+
+def varied_run_axes(rows: list[dict[str, Any]]) -> list[str]:
+    """The run axes (RUN_AXES) whose value differs between rows, in that order."""
+    return [a for a in RUN_AXES if len({str(row.get(a)) for row in rows}) > 1]
+
+
+RUN_AXES = ("norm", "batch_size", "virtual_devices", "model", "data", "preset", "seed")
 
 
 def _run_axes(run_dir: Path) -> dict[str, Any]:
@@ -123,8 +217,7 @@ def _run_axes(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     results = json.loads(path.read_text())
-    keys = ("norm", "batch_size", "virtual_devices", "model", "data", "seed", "preset")
-    return {k: results.get(k) for k in keys}
+    return {k: results.get(k) for k in RUN_AXES}
 
 
 def _evaluate(
@@ -196,15 +289,21 @@ def _evaluate(
     return rows
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """The rows as an aligned text table (choice columns, accuracy in %)."""
+def format_rows(rows: list[dict[str, Any]], axes: list[str] | None = None) -> str:
+    """The rows as an aligned text table (run and axis columns when given, choice columns,
+    accuracy in %)."""
     keys = ["statistics", "samples", "eval_batch_size", "eval_alpha", "domain"]
+    lead = ["run", *(axes or [])] if axes is not None else []
+    widths = {k: max(len(k), *(len(str(row.get(k, ""))) for row in rows)) + 2 for k in lead}
+    head = "".join(f"{k:<{widths[k]}}" for k in lead)
     lines = [
-        f"{'statistics':<14}{'samples':>9}{'eval batch':>11}{'alpha':>7}  {'domain':<16}{'val acc %':>10}"
+        head
+        + f"{'statistics':<14}{'samples':>9}{'eval batch':>11}{'alpha':>7}  {'domain':<16}{'val acc %':>10}"
     ]
     for row in rows:
         cells = [str(row.get(k, "")) if row.get(k) is not None else "" for k in keys]
         lines.append(
-            f"{cells[0]:<14}{cells[1]:>9}{cells[2]:>11}{cells[3]:>7}  {cells[4]:<16}{100 * row['val_acc']:>10.2f}"
+            "".join(f"{str(row.get(k, '')):<{widths[k]}}" for k in lead)
+            + f"{cells[0]:<14}{cells[1]:>9}{cells[2]:>11}{cells[3]:>7}  {cells[4]:<16}{100 * row['val_acc']:>10.2f}"
         )
     return "\n".join(lines)
