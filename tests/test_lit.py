@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from normlab.lit import Classifier, guard_optimizer, optimizer_step_hooks
 
 OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
-SCHED = {"name": "constant"}
+SCHED = {"name": "step", "warmup_epochs": 0, "milestones": []}  # a constant rate
 
 
 def _data(steps: int, batch: int = 4, nan_at: int | None = None) -> DataLoader:

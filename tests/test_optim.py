@@ -79,6 +79,21 @@ def test_cosine_with_warmup_and_step_schedules() -> None:
     assert short(2) == pytest.approx(1.0), "warm-up capped at a fifth of the run"
 
 
+def test_a_key_not_given_takes_the_schemas_default() -> None:
+    """optim.py used to default warmup_epochs to 0 where CosineConfig says 1, and milestones
+    to [] where StepConfig says [100, 150]: the schema is the one place a default lives."""
+    cosine = lr_lambda({"name": "cosine"}, total_steps=100, steps_per_epoch=10)
+    assert cosine(0) == pytest.approx(0.1), "CosineConfig.warmup_epochs = 1"
+    step = lr_lambda({"name": "step"}, total_steps=2000, steps_per_epoch=10)
+    assert (
+        step(999) == 1.0 and step(1000) == pytest.approx(0.1) and step(1500) == pytest.approx(0.01)
+    )
+    with pytest.raises(ValueError, match="sched.milestone is no key of sched=step"):
+        lr_lambda({"name": "step", "milestone": [1]}, total_steps=10, steps_per_epoch=1)
+    with pytest.raises(ValueError, match="sched.name must be one of cosine, step"):
+        lr_lambda({"name": "linear"}, total_steps=10, steps_per_epoch=1)
+
+
 def test_decay_toward_one_also_applies_when_the_step_runs_a_closure() -> None:
     """Lightning passes optimizer.step a closure that zeroes and recomputes the gradients: the
     decay toward one is added after it, not to the gradients it replaces."""

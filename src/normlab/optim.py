@@ -3,6 +3,7 @@ schedules."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -15,7 +16,7 @@ import torch
 from omegaconf import Container, OmegaConf
 from torch import nn
 
-from normlab.config.schemas import OptimConfig, field_names
+from normlab.config.schemas import GROUP_SCHEMAS, CosineConfig, OptimConfig, StepConfig, field_names
 from normlab.norms import is_norm_layer
 
 
@@ -236,28 +237,52 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
 
 
+def schedule_settings(cfg: Mapping[str, Any]) -> CosineConfig | StepConfig:
+    """The `sched` group's settings as its schema declares them: the schema is the one place a
+    default lives (a key not given takes the schema's value); an unknown schedule or key is
+    one line naming the valid ones."""
+    schemas: dict[str, type] = GROUP_SCHEMAS["sched"]
+    name = cfg.get("name")
+    if name not in schemas:
+        raise ValueError(f"sched.name must be one of {', '.join(schemas)}, got '{name}'")
+    values = _plain(cfg) if isinstance(cfg, Container) else dict(cfg)
+    known = {f.name for f in dataclasses.fields(schemas[name])}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"sched.{unknown[0]} is no key of sched={name} (keys: {', '.join(sorted(known))})"
+        )
+    return schemas[name](**values)
+
+
 def lr_lambda(
     cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int
 ) -> Callable[[int], float]:
     """Multiplier of the base rate per optimizer step: linear warm-up (at most a fifth of the
     run), then cosine or step decay."""
-    name = cfg.get("name")
+    sched = schedule_settings(cfg)
     # Warm-up is capped at a fifth of the run, so one-epoch runs still decay.
-    warmup = min(int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch)), total_steps // 5)
-    if name not in ("cosine", "step", "constant"):
-        raise ValueError(f"sched.name must be cosine, step or constant, got '{name}'")
-    milestones = [int(round(e * steps_per_epoch)) for e in cfg.get("milestones", [])]
-    gamma = float(cfg.get("gamma", 0.1))
-    final = float(cfg.get("min_lr_ratio", 0.0))
+    warmup = min(int(round(float(sched.warmup_epochs) * steps_per_epoch)), total_steps // 5)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if name == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
-        if name == "step":
-            return gamma ** sum(step >= m for m in milestones)
-        return 1.0
+    def warming(step: int) -> float | None:
+        return (step + 1) / warmup if step < warmup else None
 
-    return factor
+    if isinstance(sched, StepConfig):
+        milestones = [int(round(e * steps_per_epoch)) for e in sched.milestones]
+        gamma = float(sched.gamma)
+
+        def step_factor(step: int) -> float:
+            warm = warming(step)
+            return warm if warm is not None else gamma ** sum(step >= m for m in milestones)
+
+        return step_factor
+    final = float(sched.min_lr_ratio)
+
+    def cosine_factor(step: int) -> float:
+        warm = warming(step)
+        if warm is not None:
+            return warm
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return cosine_factor
