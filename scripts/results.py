@@ -71,7 +71,8 @@ named below (`docs/results/runs/<name>.jsonl`, every job's results.json, beside
 `<name>.yaml`, which says how the sweep was made); the tables and figures are the sweeps' own
 reports (`python scripts/report.py <sweep folder>`). All runs use the shared CIFAR-10 JPEG copy
 (`make data`). Each section states its budget and its runs' provenance (code, torch, device,
-precision, memory layout). The first section is the recipe itself trained to convergence;
+precision, memory layout). The first section is the recipe itself on the full data set, at
+30 epochs and less (short of the ResNet paper's 91%; its notes say why and what it costs);
 the paper comparisons after it are still small-budget runs (subsets of 2,000-10,000 images, 5
 epochs): read every difference there below a few points as within what such short runs can
 resolve (each table gives the seeds' standard deviation). The papers' ImageNet numbers are

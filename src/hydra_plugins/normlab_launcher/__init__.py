@@ -15,8 +15,9 @@ from typing import Any
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.normlab_sweeper import job_config
 from normlab.console import error_line
 from normlab.results import RESULTS_FILE, read_results
 from normlab.runtime import CORES_ENV, cores_per_job, owned_cores
@@ -88,7 +89,8 @@ class NormlabSlurmLauncher(SlurmLauncher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         jobs = [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
-        configs = {idx: self._job_config(overrides, idx) for idx, overrides in jobs}
+        context, master = self.hydra_context, self.config
+        configs = {idx: job_config(context, master, overrides, idx) for idx, overrides in jobs}
         partition = partition_info(self.params.get("partition"))
         arrays: dict[tuple[tuple[str, int], ...], list[tuple[int, list[str]]]] = {}
         for idx, overrides in jobs:
@@ -130,14 +132,6 @@ class NormlabSlurmLauncher(SlurmLauncher):
                 lost.return_value = None
                 returns[idx] = lost
         return [returns[idx] for idx, _ in jobs]
-
-    def _job_config(self, overrides: list[str], idx: int) -> DictConfig:
-        """The config job `idx` runs (Hydra's own settings included)."""
-        assert self.config is not None and self.hydra_context is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(cfg.hydra.job):
-            cfg.hydra.job.num = idx
-        return cfg
 
     @staticmethod
     def _job_dir(cfg: DictConfig, sweep_dir: Path, overrides: list[str]) -> Path:

@@ -53,7 +53,7 @@ class NormlabSweeper(BasicSweeper):
             return []
         refusals = []
         for num, overrides in enumerate(jobs):
-            job_cfg = self._job_config(overrides, num)
+            job_cfg = job_config(self.hydra_context, self.config, overrides, num)
             try:
                 subdir = OmegaConf.select(job_cfg, "hydra.sweep.subdir", throw_on_missing=True)
             except Exception:  # noqa: BLE001 - a subdir only a launcher can name: the job checks
@@ -69,10 +69,11 @@ class NormlabSweeper(BasicSweeper):
                 refusals.append(f"job #{num} ({' '.join(overrides)}): {error}")
         return refusals
 
-    def _job_config(self, overrides: list[str], num: int) -> DictConfig:
-        """The config job `num` runs, composed as Hydra's launchers compose it."""
-        assert self.config is not None and self.hydra_context is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(cfg.hydra.job):
-            cfg.hydra.job.num = num
-        return cfg
+
+def job_config(context: Any, master: DictConfig, overrides: list[str], num: int) -> DictConfig:
+    """The config job `num` of a sweep runs, Hydra's own settings included, composed as
+    Hydra's launchers compose it (`context`: the sweep's HydraContext)."""
+    cfg = context.config_loader.load_sweep_config(master, overrides)
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.num = num
+    return cfg
