@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from normlab.console import error_line
 from normlab.results import RunResult, finished_result, is_bad_input, write_results
 from normlab.run_folder import (
+    Fingerprint,
     FolderHoldsAnotherRun,
     RunFolder,
     RunFolderError,
@@ -409,9 +410,10 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 
     try:
         with folder.locked(create=False) if primary else nullcontext():
-            done = finished_job(cfg, folder, list(hydra_cfg.overrides.task), multirun)
+            new = fingerprint(cfg)
+            done = finished_job(cfg, new, folder, list(hydra_cfg.overrides.task), multirun)
             if done is None and multirun and not (output_dir / "results.json").is_file():
-                done = published_job(cfg, folder, Path(str(hydra_cfg.runtime.cwd)))
+                done = published_job(cfg, new, folder, Path(str(hydra_cfg.runtime.cwd)))
             if done is not None:
                 note("skipped")
                 return done.get("best_val_acc")
@@ -441,7 +443,7 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 
 
 def finished_job(
-    cfg: DictConfig, folder: RunFolder, overrides: list[str], multirun: bool
+    cfg: DictConfig, new: Fingerprint, folder: RunFolder, overrides: list[str], multirun: bool
 ) -> RunResult | None:
     """The outcome this job already has in its folder, reported in one line (then not run
     again), or None to run it. Another run recorded there is refused (FolderHoldsAnotherRun)
@@ -449,7 +451,7 @@ def finished_job(
     or failed on bad input (finished_result; its overrides compared only where the folder
     records no fingerprint); a single run when completed or diverged."""
     resume = bool(cfg.get("resume", True))
-    same = folder.same_run(fingerprint(cfg), resume)
+    same = folder.same_run(new, resume)
     if not resume:
         return None
     if not multirun:
@@ -466,7 +468,9 @@ def finished_job(
     return done
 
 
-def published_job(cfg: DictConfig, folder: RunFolder, launch_dir: Path) -> RunResult | None:
+def published_job(
+    cfg: DictConfig, new: Fingerprint, folder: RunFolder, launch_dir: Path
+) -> RunResult | None:
     """A preset's sweep job that its committed run records already hold, finished with the
     same settings (the same fingerprint): the record, written into the job's folder with its
     fingerprint and reported in one line, so the job is not run again; None to run it. A
@@ -476,7 +480,6 @@ def published_job(cfg: DictConfig, folder: RunFolder, launch_dir: Path) -> RunRe
     if not where or not preset:
         return None
     path = launch_dir / str(where) / f"{preset}.jsonl"
-    new = fingerprint(cfg)
     found = published_record(path, new.digest)
     if found is None:
         return None

@@ -94,16 +94,12 @@ def apply_overrides(cfg: DictConfig, overrides: dict[str, Any], source: Path) ->
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             parent, _, _ = key.rpartition(".")
             node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-            near = (
-                ", ".join(f"{parent}.{k}" if parent else str(k) for k in node)
-                if isinstance(node, DictConfig)
-                else "none"
-            )
             names = (
                 [f"{parent}.{k}" if parent else str(k) for k in node]
                 if isinstance(node, DictConfig)
                 else []
             )
+            near = ", ".join(names) or "none"
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ValueError(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.results import RESULTS_FILE, write_results
+from normlab.run_folder import FINISHED
 
 RUN_KEY = "run"  # the job's folder below the sweep folder, e.g. "3" or "b2_7"
 
@@ -86,9 +87,6 @@ def published_record(path: Path, digest: str) -> tuple[int, dict[str, Any]] | No
         if not line.strip():
             continue
         record = json.loads(line)
-        if record.get("fingerprint") == digest and record.get("status") in (
-            "completed",
-            "diverged",
-        ):
+        if record.get("fingerprint") == digest and record.get("status") in FINISHED:
             return number, record
     return None

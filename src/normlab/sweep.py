@@ -42,6 +42,10 @@ def start_command() -> str:
     return token
 
 
+def _ledger(sweep_dir: Path, token: str) -> Path:
+    return Path(sweep_dir) / LEDGER_DIR / token
+
+
 def note_job(
     sweep_dir: Path, job_num: int, folder: Path, outcome: Outcome, reason: str = ""
 ) -> None:
@@ -50,7 +54,7 @@ def note_job(
     token = os.environ.get(COMMAND_ENV)
     if not token:
         return
-    ledger = Path(sweep_dir) / LEDGER_DIR / token
+    ledger = _ledger(sweep_dir, token)
     ledger.mkdir(parents=True, exist_ok=True)
     note = {"job": job_num, "folder": str(folder), "outcome": outcome, "reason": reason}
     tmp = ledger / f".{job_num}.json.tmp"
@@ -61,7 +65,7 @@ def note_job(
 def noted_once(sweep_dir: Path, job_num: int) -> bool:
     """Whether this command's ledger already has job `job_num`."""
     token = os.environ.get(COMMAND_ENV)
-    return bool(token) and (Path(sweep_dir) / LEDGER_DIR / str(token) / f"{job_num}.json").is_file()
+    return bool(token) and (_ledger(sweep_dir, str(token)) / f"{job_num}.json").is_file()
 
 
 @dataclass
@@ -84,17 +88,20 @@ class CommandTally:
         return self.statuses["failed"] + self.refused + self.unrecorded
 
 
-def _status(folder: Path) -> str | None:
-    """The status in `folder`'s results.json; None when absent, malformed (named in a
-    warning) or still `running`."""
-    path = folder / RESULTS_FILE
-    if not path.is_file():
-        return None
+def _recorded_status(path: Path) -> str | None:
+    """The status in results.json `path`; None when it is malformed (named in a warning)."""
     try:
-        status = str(load_record(path)["status"])
+        return str(load_record(path)["status"])
     except MalformedResults as error:
         print(f"normlab: warning: {error}", file=sys.stderr)
         return None
+
+
+def _status(folder: Path) -> str | None:
+    """The outcome in `folder`'s results.json; None when absent, malformed or still
+    `running`."""
+    path = folder / RESULTS_FILE
+    status = _recorded_status(path) if path.is_file() else None
     return None if status == "running" else status
 
 
@@ -102,7 +109,7 @@ def command_tally(sweep_dir: Path, token: str | None = None) -> CommandTally | N
     """The tally of command `token` (default: this process's command) in `sweep_dir`; None
     when that command left no ledger there."""
     token = token or os.environ.get(COMMAND_ENV)
-    ledger = Path(sweep_dir) / LEDGER_DIR / str(token)
+    ledger = _ledger(sweep_dir, str(token))
     if not token or not ledger.is_dir():
         return None
     tally = CommandTally()
@@ -132,11 +139,7 @@ def sweep_statuses(sweep_dir: Path) -> Counter[str]:
     a warning and counted 'missing'."""
     counts: Counter[str] = Counter()
     for path in sorted(Path(sweep_dir).rglob(RESULTS_FILE)):
-        try:
-            counts[str(load_record(path)["status"])] += 1
-        except MalformedResults as error:
-            print(f"normlab: warning: {error}", file=sys.stderr)
-            counts["missing"] += 1
+        counts[_recorded_status(path) or "missing"] += 1
     return counts
 
 

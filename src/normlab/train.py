@@ -70,8 +70,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
         write_results(output_dir, results)
     parts: Run | None = None
     try:
-        results = {"status": "running", **run_axes(cfg), **results}
-        results["fingerprint"] = fingerprint(cfg).digest
+        results.update(run_axes(cfg), fingerprint=fingerprint(cfg).digest)
         if primary:
             write_results(output_dir, results)
         spawned = effective_strategy(cfg.trainer.get("strategy")) == "ddp_spawn"
