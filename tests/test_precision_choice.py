@@ -1,5 +1,5 @@
 """Mixed precision where the machine runs it natively (normlab.precision): scale=cifar asks for
-bf16-mixed, which an AVX2-only CPU emulates with 28x slower convolutions, so a preset there
+bf16-mixed, which an AVX2-only CPU emulates with 31x slower convolutions, so a preset there
 runs in float32 and records it."""
 
 from __future__ import annotations

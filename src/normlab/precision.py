@@ -2,8 +2,8 @@
 
 bf16 autocast speeds a CPU run up only on a CPU with bf16 instructions (AVX-512 BF16 or AMX):
 on the presets' ResNet-20 at batch 128 it gave 1.32x float32 on such an AMD EPYC, while on an
-AVX2-only EPYC one bf16 3x3 convolution of the network took 28x as long as in float32 (8.1 ms
-against 226 ms, `make bench` has the whole-model table). A preset asks for
+AVX2-only EPYC one bf16 3x3 convolution of the network took 31x as long as in float32 (135 ms
+against 4.3 ms at batch 32 on one thread, measured alone). A preset asks for
 `${normlab_precision:bf16-mixed,<accelerator>}`: bf16-mixed where it is native, 32-true
 elsewhere. The choice is resolved into the run's config, so results.json, config_resolved.yaml
 and the run's fingerprint record the precision the run actually used.
