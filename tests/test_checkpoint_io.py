@@ -49,6 +49,7 @@ def test_an_unreadable_last_checkpoint_falls_back_to_the_best_one(
     assert results["status"] == "completed" and results["epochs"] == 2
     assert results["resumed_from"] == str(folder / "checkpoints" / "best.ckpt")
     assert "last.ckpt cannot be read" in results["resume_fallback"]
+    assert "not a complete torch checkpoint (truncated" in results["resume_fallback"]
     assert "resuming from best.ckpt instead" in capsys.readouterr().err
 
 

@@ -80,9 +80,16 @@ def test_eval_entry_prints_the_table_and_refuses_bad_input(
     assert "available" not in ok.stdout + ok.stderr, "no Lightning advertisement lines"
     entry = runpy.run_path(str(REPO_ROOT / "eval.py"))["main"]
     stray = tmp_path / "model.ckpt"
-    stray.write_bytes(b"")
+    stray.write_text("hello")
+    moved = tmp_path / "copied.ckpt"  # a readable checkpoint outside its run folder
+    moved.write_bytes(ckpt.read_bytes())
     for argv, code, words in [
-        ([f"ckpt_path={stray}"], 1, ["config_resolved.yaml not found"]),
+        (
+            [f"ckpt_path={stray}"],
+            1,
+            ["not a readable normlab checkpoint", "not a complete torch checkpoint"],
+        ),
+        ([f"ckpt_path={moved}"], 1, ["config_resolved.yaml not found"]),
         (["ckpt_path=x", "alhpas=[1]"], 2, ["alhpas", "alphas"]),
         (["alphas=[1]"], 2, ["ckpt_path=", "is required"]),
         ([f"ckpt_path={ckpt}", "data.nme=x"], 1, ["data.nme is no key", "data.name"]),

@@ -200,8 +200,9 @@ def test_sigterm_stops_a_sweep_with_its_summary_and_a_non_zero_exit(tmp_path: Pa
     )
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
     assert "SIGTERM: stopping; run the same command again to resume" in proc.stdout
-    assert "normlab: sweep finished: 1 jobs: 0 completed, 0 failed, 0 diverged, 1 interrupted" in (
-        proc.stdout
-    )
+    assert (
+        "normlab: sweep finished: 2 jobs: 0 completed, 0 failed, 0 diverged, 1 interrupted; "
+        "1 launched, 0 skipped as already finished, 0 refused, 0 unrecorded, 1 not started"
+    ) in proc.stdout
     assert not (tmp_path / "sweep" / "1").exists(), "the later job never started"
     assert _read(tmp_path / "sweep" / "0")["status"] == "interrupted"

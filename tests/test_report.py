@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from normlab.aggregate import seed_summary
 from normlab.paper_report import flatten_norm_params
 from normlab.report import (
     accuracy_table,
@@ -149,6 +150,10 @@ def test_malformed_results_are_named_and_the_report_goes_on(
     assert status_counts(frame)["unreadable"] == len(bad)
     assert set(frame.loc[frame["status"] == "unreadable", "run"]) == {f"bad_{n}" for n in bad}
     assert accuracy_table(frame).loc["bn", 2] == 50.0  # the good runs still tabulated
+    rows = seed_summary(frame, ["norm"])
+    assert rows["norm"].tolist() == ["bn", "gn", "ln", "none"], (
+        f"an unreadable record made a row:\n{rows}"
+    )
     write_report(tmp_path)
     assert "11 jobs: 4 completed, 1 failed, 1 diverged, 5 without results" in summary_line(tmp_path)
 

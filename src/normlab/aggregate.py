@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 FINISHED_BAD = ("failed", "diverged")
+UNREADABLE = "unreadable"  # the status report.collect_results gives a results.json it cannot read
 COUNT_COLUMNS = ("n", "failed", "diverged", "unfinished")
 
 
@@ -40,7 +41,11 @@ def seed_summary(
     frame: pd.DataFrame, axes: Sequence[str], value: str = "val_acc", scale: float = 100.0
 ) -> pd.DataFrame:
     """Per setting of `axes`: mean and sample std of `value` (x `scale`) over completed runs, n,
-    and how many runs of that setting failed, diverged or have not finished."""
+    and how many runs of that setting failed, diverged or have not finished. Records that could
+    not be read (status `unreadable`: normlab.report.collect_results names each) hold no setting
+    to group by and are left out; the report's runs line counts them."""
+    if "status" in frame:
+        frame = frame[frame["status"] != UNREADABLE]
     if frame.empty:
         return pd.DataFrame(columns=[*axes, "mean", "std", *COUNT_COLUMNS])
     keyed = frame.assign(**{axis: frame[axis].map(axis_label) for axis in axes})

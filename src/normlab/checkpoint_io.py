@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,20 @@ class UnsafeCheckpoint(ValueError):
     silently passed over either."""
 
 
+def load_failure(path: Path, error: Exception) -> str:
+    """One line saying why torch could not load `path`: a file that is no complete zip archive
+    (every checkpoint torch writes is one) is called truncated or another kind of file, else
+    the first sentence of torch's message, never cut mid-word."""
+    if path.is_file() and not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        return (
+            f"{size:,} bytes, not a complete torch checkpoint (truncated, or another kind of file)"
+        )
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text.split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}{': ' + text if text else ''}"
+
+
 def unreadable_reason(path: Path) -> str | None:
     """Why `path` cannot be resumed from (it does not load as a Lightning checkpoint), or
     None when it can; UnsafeCheckpoint for a file holding objects other than tensors."""
@@ -63,10 +78,9 @@ def unreadable_reason(path: Path) -> str | None:
                 f"{path} holds objects other than tensors and is not loaded (normlab loads "
                 "checkpoints with weights_only=True); remove it, or give resume=false"
             ) from None
-        return f"UnpicklingError: {str(error).strip()[:100]}"
+        return load_failure(path, error)
     except Exception as error:  # truncated, empty, not a torch file
-        text = str(error).strip().splitlines()[0][:100] if str(error).strip() else ""
-        return f"{type(error).__name__}{': ' + text if text else ''}"
+        return load_failure(path, error)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         return "no state_dict in it"
     return None

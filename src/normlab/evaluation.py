@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from normlab.build import build_run, build_target_domain
+from normlab.checkpoint_io import load_failure
 from normlab.norms.population import population_layers
 from normlab.results import RESULTS_FILE, redact
 from normlab.stats.callbacks import set_eval_alpha, training_loader
@@ -64,15 +65,17 @@ def run_folder_config(ckpt_path: Path) -> tuple[Path, DictConfig]:
 def load_weights(ckpt_path: Path) -> dict[str, torch.Tensor]:
     """The trained weights and buffers in a normlab checkpoint, or a ValueError naming a file
     that is none (truncated, not a torch file, not a Lightning checkpoint)."""
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for files it cannot read
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if "weights_only" in reason or "Weights only load failed" in reason:
+        if "weights_only" in str(error) or "Weights only load failed" in str(error):
             reason = "it holds objects other than tensors"
+        else:
+            reason = load_failure(ckpt_path, error)
         raise ValueError(
-            f"ckpt_path={ckpt_path} is not a readable normlab checkpoint "
-            f"({type(error).__name__}{': ' + reason[:120] if reason else ''})"
+            f"ckpt_path={ckpt_path} is not a readable normlab checkpoint ({reason})"
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(
@@ -140,8 +143,8 @@ def evaluate_checkpoint(
     """Every choice's validation accuracy for one checkpoint; written to <run>/eval/.
     `overrides` change the run's own config first (`data.root`, `data.val_samples`, ...;
     `trainer`: cpu or gpu), so a run folder can be evaluated on another machine."""
+    state = load_weights(ckpt_path)  # before config, data and model: a bad file fails at once
     run_dir, saved_cfg = run_folder_config(ckpt_path)
-    state = load_weights(ckpt_path)  # before data and model: a bad file fails at once
     given = {"overrides": dict(overrides)} if overrides else {}
     overrides = dict(overrides or {})
     accelerator = overrides.pop("trainer", None)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from normlab.aggregate import axis_label, flatten_norm_params, own_runs
+from normlab.aggregate import UNREADABLE, axis_label, flatten_norm_params, own_runs
 from normlab.paper_report import swept_axes, with_epoch_budget, write_paper_report
 from normlab.results import (
     COLUMN_FIELDS,
@@ -40,7 +40,7 @@ def collect_results(folder: Path) -> pd.DataFrame:
             record = dict(load_record(path))
         except MalformedResults as error:  # named, counted as unreadable, never averaged
             print(f"normlab: warning: {error}", file=sys.stderr)
-            record = {"status": "unreadable"}
+            record = {"status": UNREADABLE}
         record["run"] = str(path.parent.relative_to(folder)) or "."
         shift = record.get("domain_shift") or {}
         for column, key in SHIFT_COLUMNS.items():

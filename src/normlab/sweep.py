@@ -7,8 +7,10 @@ which every launcher passes to its jobs: in process, submitit_local, SLURM), and
 notes there whether it was launched, skipped as already finished, or refused (its folder holds
 another run, or another process runs in it). At the end the line reads each noted job's
 results.json: completed, failed, diverged, interrupted, or unrecorded when a launched job left
-no outcome (killed from outside). The command then exits non-zero when any job failed, was
-refused or is unrecorded, so a script or CI that runs a sweep sees it.
+no outcome (killed from outside), and the jobs of the grid never started (the command was
+stopped first; the sweeper notes how many the grid has). The command then exits non-zero when
+any job failed, was refused, is unrecorded or never started, so a script or CI that runs a
+sweep sees it.
 
 Configured under `hydra.callbacks` in conf/hydra/default.yaml.
 """
@@ -32,6 +34,7 @@ from normlab.results import RESULTS_FILE, MalformedResults, load_record
 
 COMMAND_ENV = "NORMLAB_SWEEP_COMMAND"  # the token of the sweep command a job belongs to
 LEDGER_DIR = Path(".normlab") / "commands"  # <sweep folder>/.normlab/commands/<token>/<job>.json
+PLANNED_FILE = "planned"  # in the ledger: the number of jobs of the command's grid
 Outcome = Literal["launched", "skipped", "refused"]
 
 
@@ -62,6 +65,17 @@ def note_job(
     tmp.replace(ledger / f"{job_num}.json")
 
 
+def note_planned(sweep_dir: Path, jobs: int) -> None:
+    """Record in this command's ledger how many jobs its grid has (the sweeper knows before
+    any is launched), so a command stopped early counts the jobs it never started."""
+    token = os.environ.get(COMMAND_ENV)
+    if not token:
+        return
+    ledger = _ledger(sweep_dir, token)
+    ledger.mkdir(parents=True, exist_ok=True)
+    (ledger / PLANNED_FILE).write_text(f"{jobs}\n")
+
+
 def noted_once(sweep_dir: Path, job_num: int) -> bool:
     """Whether this command's ledger already has job `job_num`."""
     token = os.environ.get(COMMAND_ENV)
@@ -77,15 +91,26 @@ class CommandTally:
     skipped: int = 0
     refused: int = 0
     unrecorded: int = 0
+    planned: int = 0  # the grid's jobs, when the sweeper noted them
 
     @property
-    def jobs(self) -> int:
+    def noted(self) -> int:
         return self.launched + self.skipped + self.refused
 
     @property
+    def not_started(self) -> int:
+        """Jobs of the grid the command never reached (it was stopped first)."""
+        return max(0, self.planned - self.noted)
+
+    @property
+    def jobs(self) -> int:
+        return self.noted + self.not_started
+
+    @property
     def troubled(self) -> int:
-        """Jobs that make the command fail: failed, refused or without an outcome."""
-        return self.statuses["failed"] + self.refused + self.unrecorded
+        """Jobs that make the command fail: failed, refused, without an outcome or never
+        started."""
+        return self.statuses["failed"] + self.refused + self.unrecorded + self.not_started
 
 
 def _recorded_status(path: Path) -> str | None:
@@ -113,6 +138,9 @@ def command_tally(sweep_dir: Path, token: str | None = None) -> CommandTally | N
     if not token or not ledger.is_dir():
         return None
     tally = CommandTally()
+    planned = ledger / PLANNED_FILE
+    if planned.is_file() and planned.read_text().strip().isdigit():
+        tally.planned = int(planned.read_text())
     for path in sorted(ledger.glob("*.json")):
         try:
             note: dict[str, Any] = json.loads(path.read_text())
@@ -151,7 +179,8 @@ def _status_parts(counts: Counter[str]) -> list[str]:
 
 def summary_line(sweep_dir: Path, tally: CommandTally | None = None) -> str:
     """'normlab: sweep finished: N jobs: a completed, b failed, c diverged; l launched, s
-    skipped as already finished, r refused, u unrecorded; results in <dir>' for this command's
+    skipped as already finished, r refused, u unrecorded[, n not started]; results in <dir>'
+    for this command's
     jobs (`tally`, default: this process's command). Without a ledger (a folder summarised
     after the fact) it counts every results.json of the folder."""
     tally = tally if tally is not None else command_tally(sweep_dir)
@@ -167,6 +196,8 @@ def summary_line(sweep_dir: Path, tally: CommandTally | None = None) -> str:
         f"{tally.launched} launched, {tally.skipped} skipped as already finished, "
         f"{tally.refused} refused, {tally.unrecorded} unrecorded"
     )
+    if tally.not_started:
+        did += f", {tally.not_started} not started"
     return (
         f"normlab: sweep finished: {tally.jobs} jobs: {', '.join(_status_parts(tally.statuses))}; "
         f"{did}; results in {sweep_dir}"
@@ -175,7 +206,7 @@ def summary_line(sweep_dir: Path, tally: CommandTally | None = None) -> str:
 
 class SweepSummary(Callback):
     """Name the sweep command when it starts; print its summary line when it ends, exiting 1
-    when any of its jobs failed, was refused or left no outcome."""
+    when any of its jobs failed, was refused, left no outcome or never started."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         start_command()

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.console import error_line
 from normlab.run_folder import FolderHoldsAnotherRun, RunFolder, fingerprint
+from normlab.sweep import note_planned
 
 
 class NormlabSweeper(BasicSweeper):
@@ -43,6 +44,7 @@ class NormlabSweeper(BasicSweeper):
                 file=sys.stderr,
             )
             sys.exit(1)
+        note_planned(Path(str(self.config.hydra.sweep.dir)), sum(len(batch) for batch in grid))
         return super().sweep(arguments)
 
     def changed_jobs(self, jobs: list[list[str]]) -> list[str]:
