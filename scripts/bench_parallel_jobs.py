@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hardware import command_line, cpu_model
+from normlab.results import RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = [  # (per-device batch, how it runs)
@@ -69,7 +70,7 @@ def run_case(args: argparse.Namespace, batch: int, how: str, folder: Path) -> di
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     speeds = [
-        float(json.loads(p.read_text())["train_images_per_s"]) for p in folder.rglob("results.json")
+        float(json.loads(p.read_text())["train_images_per_s"]) for p in folder.rglob(RESULTS_FILE)
     ]
     images_per_s = sum(speeds)
     return {"batch": batch, "how": how, "jobs": len(speeds), "images_per_s": images_per_s,

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from hardware import cpu_model
+from normlab.results import RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def train_images_per_s(overrides: list[str], workdir: Path) -> float:
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=os.environ)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(overrides)} failed:\n{proc.stderr[-2000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
     return float(results["train_images_per_s"])
 
 

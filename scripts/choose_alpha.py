@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from normlab.build import build_run
 from normlab.norms.population import population_layers
+from normlab.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
 from normlab.stats.callbacks import set_eval_alpha
 from normlab.stats.evaluate import evaluate_accuracy
 
@@ -29,16 +30,17 @@ DEFAULT_ALPHAS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]
 def load_run(run_dir: Path, checkpoint: str):  # type: ignore[no-untyped-def]
     """The run's model with its checkpoint's weights, and its data module, built as the run
     built them, here on the CPU, in one process, with no logger."""
-    cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
+    folder = RunFolder(run_dir)
+    cfg = OmegaConf.load(folder.config)
     cfg.trainer = {"accelerator": "cpu", "devices": 1}
     cfg.virtual_devices = 1
     cfg.logger = {}
     cfg.ckpt_path = None  # weights come from --checkpoint
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no Trainer banner
     run = build_run(cfg, run_dir)
-    state = torch.load(
-        run_dir / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu", weights_only=True
-    )["state_dict"]
+    state = torch.load(folder.checkpoint(checkpoint), map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
     run.model.load_state_dict(
         {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     )
@@ -64,7 +66,9 @@ def main() -> None:
     )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--alphas", type=float, nargs="+", default=DEFAULT_ALPHAS)
-    parser.add_argument("--checkpoint", default="last", choices=["last", "best"])
+    parser.add_argument(
+        "--checkpoint", default=LAST_CHECKPOINT, choices=[LAST_CHECKPOINT, BEST_CHECKPOINT]
+    )
     args = parser.parse_args()
     try:
         model, datamodule = load_run(args.run_dir, args.checkpoint)

@@ -16,6 +16,7 @@ from normlab.results import USER_ERRORS
 from normlab.run_folder import (
     FINGERPRINT_FILE,
     LOCK_FILE,
+    PREVIOUS_RUN_OUTPUTS,
     FolderBusy,
     FolderHoldsAnotherRun,
     RunFolder,
@@ -102,6 +103,20 @@ def test_the_same_run_again_is_reported_completed_and_left_as_it_is(
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("normlab: already completed: "), out
     assert snapshot(folder) == before
+
+
+def test_every_file_a_run_writes_is_named_by_its_run_folder(finished: Path) -> None:
+    """Every file name of a run folder lives in RunFolder (issue 18): what a run wrote is what
+    its paths and PREVIOUS_RUN_OUTPUTS name, besides the lock (Hydra's .hydra/ and train.log
+    come with the command line, not with an in-process run)."""
+    folder = RunFolder(finished)
+    written = {p.name for p in finished.iterdir()}
+    assert written <= {*PREVIOUS_RUN_OUTPUTS, LOCK_FILE}, written - set(PREVIOUS_RUN_OUTPUTS)
+    named = [folder.results, folder.config, folder.fingerprint_file, folder.metrics_csv,
+             folder.last_checkpoint, folder.best_checkpoint]  # fmt: skip
+    assert [p for p in named if not p.is_file()] == []
+    assert not folder.fit_summary.exists() and not folder.error_log.exists()
+    assert set(folder.checkpoints.iterdir()) == {folder.last_checkpoint, folder.best_checkpoint}
 
 
 def test_resume_false_replaces_the_run_and_starts_afresh(finished: Path, tmp_path: Path) -> None:

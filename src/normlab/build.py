@@ -40,6 +40,7 @@ from normlab.optim import scaled_lr
 from normlab.provenance import provenance
 from normlab.results import RunResult
 from normlab.resume import csv_version, resume_checkpoint
+from normlab.run_folder import CSV_DIR, PROFILER_NAME, TENSORBOARD_DIR
 
 
 @dataclass
@@ -152,9 +153,6 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     )
 
 
-PROFILE_FILE = "profile"  # Lightning writes <run folder>/<stage>-profile.txt (fit-profile.txt)
-
-
 def run_profiler(name: Any, output_dir: Path) -> Any:
     """`trainer.profiler=simple|advanced|pytorch` (debug=profiler) as Lightning's profiler of that
     name writing its report into the run folder, not only to the console; any other value
@@ -167,7 +165,7 @@ def run_profiler(name: Any, output_dir: Path) -> Any:
         "pytorch": profilers.PyTorchProfiler,
     }
     if isinstance(name, str) and name in classes:
-        return classes[name](dirpath=str(output_dir), filename=PROFILE_FILE)
+        return classes[name](dirpath=str(output_dir), filename=PROFILER_NAME)
     return name
 
 
@@ -301,12 +299,14 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.get("csv", False):
         loggers.append(
-            CSVLogger(save_dir=str(output_dir), name="csv", version=csv_version(output_dir))
+            CSVLogger(save_dir=str(output_dir), name=CSV_DIR, version=csv_version(output_dir))
         )
     if cfg.logger.get("tensorboard", False):
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version=""))
+        loggers.append(
+            TensorBoardLogger(save_dir=str(output_dir), name=TENSORBOARD_DIR, version="")
+        )
     if cfg.logger.get("wandb", False) and process_rank() == 0:
         from normlab.wandb_logging import build_wandb_logger
 

@@ -25,10 +25,9 @@ from normlab.interruptions import RunClock, SignalCheckpoint
 from normlab.norms import is_norm_layer
 from normlab.norms.virtual import reconcile_virtual_ranks
 from normlab.results import RunResult
+from normlab.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
 from normlab.stats.callbacks import EvalStatsCallback, FrozenBNCallback, PreciseBNCallback
 from normlab.stats.compare import PreciseBNComparison
-
-SUMMARY_FILE = ".fit_summary.json"  # FitSummary's hand-over in the run folder, removed once read
 
 
 def build_callbacks(
@@ -49,7 +48,8 @@ def build_callbacks(
     stop_after = debug.get("stop_after_epochs")
     ckpt = cfg.callbacks.checkpoint
     saving = ckpt.get("enabled", True) and ckpt.get("save_last", True)
-    signals = SignalCheckpoint(output_dir / "checkpoints" / "last.ckpt" if saving else None, slurm)
+    folder = RunFolder(output_dir)
+    signals = SignalCheckpoint(folder.last_checkpoint if saving else None, slurm)
     stoppers: list[StopAfterEpochs | SignalCheckpoint] = [signals]
     if stop_after:
         stoppers.append(StopAfterEpochs(int(stop_after)))
@@ -58,15 +58,13 @@ def build_callbacks(
         history,
         EpochSeeding(int(cfg.seed)),
         ReconcileNormBuffers(),
-        FitSummary(
-            output_dir / SUMMARY_FILE, history, throughput, stoppers, clock, debug.get("option")
-        ),
+        FitSummary(folder.fit_summary, history, throughput, stoppers, clock, debug.get("option")),
         clock,
         HandBackLoaderState(),
         *stoppers,
     ]
     if ckpt.get("enabled", True):
-        callbacks.extend(checkpoint_callbacks(output_dir / "checkpoints", ckpt))
+        callbacks.extend(checkpoint_callbacks(folder.checkpoints, ckpt))
     bar = progress_bar(str(cfg.callbacks.get("progress", "rich")))
     if bar is not None:
         callbacks.append(bar)
@@ -86,7 +84,7 @@ def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpo
         callbacks.append(
             ModelCheckpoint(
                 dirpath=str(directory),
-                filename="best",
+                filename=BEST_CHECKPOINT,
                 monitor="val/acc",
                 mode="max",
                 save_top_k=1,
@@ -96,7 +94,10 @@ def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpo
     if ckpt.get("save_last", True):
         callbacks.append(
             ModelCheckpoint(
-                dirpath=str(directory), filename="last", save_top_k=1, enable_version_counter=False
+                dirpath=str(directory),
+                filename=LAST_CHECKPOINT,
+                save_top_k=1,
+                enable_version_counter=False,
             )
         )
     return callbacks

@@ -412,7 +412,7 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         with folder.locked(create=False) if primary else nullcontext():
             new = fingerprint(cfg)
             done = finished_job(cfg, new, folder, list(hydra_cfg.overrides.task), multirun)
-            if done is None and multirun and not (output_dir / "results.json").is_file():
+            if done is None and multirun and not RunFolder(output_dir).results.is_file():
                 done = published_job(cfg, new, folder, Path(str(hydra_cfg.runtime.cwd)))
             if done is not None:
                 note("skipped")

@@ -25,6 +25,7 @@ from normlab.build import build_run, build_target_domain
 from normlab.checkpoint_io import load_failure
 from normlab.norms.population import population_layers
 from normlab.results import RESULTS_FILE, redact
+from normlab.run_folder import CHECKPOINT_DIR, CHECKPOINT_SUFFIX, CONFIG_FILE, RunFolder
 from normlab.stats.callbacks import set_eval_alpha, training_loader
 from normlab.stats.evaluate import (
     accuracy_with_batch_stats,
@@ -53,11 +54,11 @@ def run_folder_config(ckpt_path: Path) -> tuple[Path, DictConfig]:
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
     run_dir = ckpt_path.resolve().parent.parent
-    config = run_dir / "config_resolved.yaml"
+    config = RunFolder(run_dir).config
     if not config.is_file():
         raise FileNotFoundError(
             f"{config} not found: eval.py evaluates checkpoints of normlab run folders "
-            "(<run>/checkpoints/*.ckpt beside <run>/config_resolved.yaml)"
+            f"(<run>/{CHECKPOINT_DIR}/*{CHECKPOINT_SUFFIX} beside <run>/{CONFIG_FILE})"
         )
     return run_dir, OmegaConf.load(config)  # type: ignore[return-value]
 
@@ -150,9 +151,9 @@ def evaluate_checkpoint(
     accelerator = overrides.pop("trainer", None)
     if accelerator is not None and accelerator not in ACCELERATORS:
         raise ValueError(f"trainer={accelerator}: valid choices: {', '.join(ACCELERATORS)}")
-    saved_cfg = apply_overrides(saved_cfg, overrides, run_dir / "config_resolved.yaml")
+    saved_cfg = apply_overrides(saved_cfg, overrides, RunFolder(run_dir).config)
     cfg = eval_config(saved_cfg, accelerator)
-    out_dir = out_dir or run_dir / "eval"
+    out_dir = out_dir or RunFolder(run_dir).eval_dir
     with _quiet_lightning():
         run = build_run(cfg, out_dir)
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from normlab.checkpoint_io import unreadable_reason
+from normlab.run_folder import CHECKPOINT_SUFFIX, RunFolder
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> ResumePoint:
     job), else a fresh start. A last.ckpt that does not load (a truncated file) falls back to
     the newest other checkpoint of the folder that does, else to a fresh start, with one line.
     """
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = RunFolder(output_dir).last_checkpoint
     requested = cfg.get("ckpt_path")
     if requested:
         chosen = last if requested == "last" else Path(str(requested))
@@ -45,7 +46,7 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> ResumePoint:
     if reason is None:
         return ResumePoint(str(last))
     older = sorted(
-        (p for p in last.parent.glob("*.ckpt") if p != last),
+        (p for p in last.parent.glob(f"*{CHECKPOINT_SUFFIX}") if p != last),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
@@ -59,9 +60,10 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> ResumePoint:
 def csv_version(output_dir: Path) -> str:
     """'' (csv/metrics.csv) for a fresh run; a resumed run that finds earlier metrics writes
     csv/resumed_<k>/metrics.csv instead, since Lightning's CSV logger would overwrite them."""
-    if not (output_dir / "csv" / "metrics.csv").exists():
+    folder = RunFolder(output_dir)
+    if not folder.metrics_csv.exists():
         return ""
     k = 1
-    while (output_dir / "csv" / f"resumed_{k}").exists():
+    while (folder.csv / f"resumed_{k}").exists():
         k += 1
     return f"resumed_{k}"

@@ -1,4 +1,10 @@
-"""A run folder and the one run it holds: the run's fingerprint and the folder's lock.
+"""A run folder and the one run it holds: every file's name, the run's fingerprint and the
+folder's lock.
+
+`RunFolder(path)` names every file a run writes (results.json, config_resolved.yaml, error.log,
+fingerprint.json, checkpoints/last.ckpt and best.ckpt, the fit summary, diagnostics, the W&B
+id, the csv/ and tensorboard/ logger folders, eval/), so that training, resume, evaluation,
+reports and scripts spell them in one place.
 
 A run folder (`hydra.run.dir`, or a sweep's job folder) holds one run. When a run starts it
 records `fingerprint.json`: the settings that define the run and their sha256. A command given
@@ -62,8 +68,22 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.results import RESULTS_FILE, RESULTS_MODE, RunResult, read_results, redact
 
 FINGERPRINT_FILE = "fingerprint.json"
-LEGACY_CONFIG_FILE = "config_resolved.yaml"  # what a folder from before fingerprints is judged by
+CONFIG_FILE = "config_resolved.yaml"  # the resolved config every run saves when it starts
+LEGACY_CONFIG_FILE = CONFIG_FILE  # what a folder from before fingerprints is judged by
 LOCK_FILE = ".lock"
+ERROR_LOG = "error.log"  # the traceback of a failed run
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last"  # checkpoints/last.ckpt: rewritten after every epoch, for resume
+BEST_CHECKPOINT = "best"  # checkpoints/best.ckpt: highest val/acc
+CHECKPOINT_SUFFIX = ".ckpt"
+FIT_SUMMARY_FILE = ".fit_summary.json"  # rank 0's hand-over at the end of fit, removed once read
+PROFILER_NAME = "profile"  # Lightning's profilers write <stage>-profile.txt (fit-profile.txt)
+DIAGNOSTICS_FILE = "diagnostics.json"
+DIAGNOSTICS_PLOT = "diagnostics.png"
+WANDB_ID_FILE = "wandb_id.txt"  # the W&B run id, so a resumed run continues its W&B run
+CSV_DIR = "csv"  # CSVLogger: csv/metrics.csv (csv/resumed_<k>/ after a resume)
+TENSORBOARD_DIR = "tensorboard"
+EVAL_DIR = "eval"  # eval.py's results for the folder's checkpoints
 OPERATIONAL_KEYS = (
     "resume",
     "published_records",
@@ -92,17 +112,17 @@ FINISHED = ("completed", "diverged")
 PREVIOUS_RUN_OUTPUTS = (
     RESULTS_FILE,
     FINGERPRINT_FILE,
-    LEGACY_CONFIG_FILE,
-    "checkpoints",
-    "csv",
-    "tensorboard",
-    "wandb_id.txt",
-    "diagnostics.json",
-    "diagnostics.png",
-    ".fit_summary.json",
-    "fit-profile.txt",
-    "eval",
-    "error.log",
+    CONFIG_FILE,
+    CHECKPOINT_DIR,
+    CSV_DIR,
+    TENSORBOARD_DIR,
+    WANDB_ID_FILE,
+    DIAGNOSTICS_FILE,
+    DIAGNOSTICS_PLOT,
+    FIT_SUMMARY_FILE,
+    f"fit-{PROFILER_NAME}.txt",
+    EVAL_DIR,
+    ERROR_LOG,
 )
 MAX_SHOWN = 6  # differing keys named in the refusal; the rest are counted
 
@@ -207,9 +227,71 @@ def describe_differences(found: list[tuple[str, Any, Any]]) -> str:
 
 @dataclass(frozen=True)
 class RunFolder:
-    """One run folder: the fingerprint of the run it holds, its results, and its lock."""
+    """One run folder: where each of its files lies, the fingerprint of the run it holds, its
+    results, and its lock."""
 
     path: Path
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.path / FINGERPRINT_FILE
+
+    @property
+    def error_log(self) -> Path:
+        return self.path / ERROR_LOG
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def checkpoint(self, name: str) -> Path:
+        """checkpoints/<name>.ckpt (`name`: LAST_CHECKPOINT, BEST_CHECKPOINT, ...)."""
+        return self.checkpoints / f"{name}{CHECKPOINT_SUFFIX}"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint(LAST_CHECKPOINT)
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoint(BEST_CHECKPOINT)
+
+    @property
+    def fit_summary(self) -> Path:
+        return self.path / FIT_SUMMARY_FILE
+
+    @property
+    def diagnostics(self) -> Path:
+        return self.path / DIAGNOSTICS_FILE
+
+    @property
+    def diagnostics_plot(self) -> Path:
+        return self.path / DIAGNOSTICS_PLOT
+
+    @property
+    def wandb_id(self) -> Path:
+        return self.path / WANDB_ID_FILE
+
+    @property
+    def csv(self) -> Path:
+        return self.path / CSV_DIR
+
+    @property
+    def metrics_csv(self) -> Path:
+        """The first attempt's metrics (csv/metrics.csv); a resume adds csv/resumed_<k>/."""
+        return self.csv / "metrics.csv"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL_DIR
 
     @property
     def lock_file(self) -> Path:
@@ -263,13 +345,13 @@ class RunFolder:
     def recorded(self) -> Fingerprint | None:
         """The fingerprint of the run the folder holds: its fingerprint.json, else (a folder
         from before fingerprints) its config_resolved.yaml, else None (nothing to compare)."""
-        path = self.path / FINGERPRINT_FILE
+        path = self.fingerprint_file
         if path.is_file():
             try:
                 return Fingerprint(json.loads(path.read_text())["settings"], FINGERPRINT_FILE)
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable: fall back to the config the run saved
-        legacy = self.path / LEGACY_CONFIG_FILE
+        legacy = self.config
         if not legacy.is_file():
             return None
         try:
@@ -321,7 +403,7 @@ class RunFolder:
             "settings": new.settings,
             "operational_keys_left_out": list(OPERATIONAL_KEYS),
         }
-        path = self.path / FINGERPRINT_FILE
+        path = self.fingerprint_file
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".fingerprint-", suffix=".json")
         with os.fdopen(fd, "w") as handle:
             json.dump(record, handle, indent=2, sort_keys=True)

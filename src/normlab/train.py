@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from normlab.build import Run, build_run, run_axes
-from normlab.callbacks import SUMMARY_FILE, read_fit_summary
+from normlab.callbacks import read_fit_summary
 from normlab.console import print_config
 from normlab.environment import (
     check_devices,
@@ -28,12 +28,10 @@ from normlab.environment import (
     under_slurm,
 )
 from normlab.results import RunResult, compared_metric, is_bad_input, redact, write_results
-from normlab.run_folder import already_line, claimed, fingerprint
+from normlab.run_folder import RunFolder, already_line, claimed, fingerprint
 from normlab.runtime import configure_threads
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.wandb_logging import log_results_table
-
-DIAGNOSTICS_FILE = "diagnostics.json"
 
 
 def run(cfg: DictConfig, output_dir: Path) -> RunResult:
@@ -56,6 +54,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
     """The run itself, in a folder claimed for it: results.json says `running` from the start
     and records the outcome (a failure too, with error.log) when it ends."""
     start = time.time()
+    folder = RunFolder(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # recorded first, so that whatever raises below (a bad value included) has its record
     results: RunResult = {
@@ -66,7 +65,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
     if under_slurm():
         results["slurm_job_id"] = slurm_job_id()
     if primary:
-        (output_dir / "error.log").unlink(missing_ok=True)  # an earlier attempt's
+        folder.error_log.unlink(missing_ok=True)  # an earlier attempt's
         write_results(output_dir, results)
     parts: Run | None = None
     try:
@@ -81,7 +80,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
             print_config(cfg)
         if primary:
             resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-            OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
+            OmegaConf.save(OmegaConf.create(resolved), folder.config)
         parts = build_run(cfg, output_dir, verbose=primary)
         hparams = {
             "lr": parts.lr,
@@ -102,7 +101,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
         results.update(status="failed", error=redact(f"{type(error).__name__}: {error}"))
         results["bad_input"] = is_bad_input(error)
         if primary:
-            (output_dir / "error.log").write_text(redact(traceback.format_exc()))
+            folder.error_log.write_text(redact(traceback.format_exc()))
         raise
     finally:
         if parts is not None:
@@ -116,7 +115,7 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
 def fit_results(cfg: DictConfig, parts: Run, output_dir: Path) -> RunResult:
     """What rank 0 records once fit returned: its summary, the status it implies, the run's
     derived values, diagnostics and the shifted-domain accuracy (also sent to W&B)."""
-    summary, interrupted = read_fit_summary(output_dir / SUMMARY_FILE)
+    summary, interrupted = read_fit_summary(RunFolder(output_dir).fit_summary)
     history = summary["history"]
     status = (
         "diverged"
@@ -179,5 +178,5 @@ def _last(epochs: list[dict[str, float]], key: str) -> float | None:
 
 def read_diagnostics(output_dir: Path) -> dict[str, Any]:
     """What the diagnostics monitor left in the run folder (it runs in the training process)."""
-    path = output_dir / DIAGNOSTICS_FILE
+    path = RunFolder(output_dir).diagnostics
     return json.loads(path.read_text()) if path.exists() else {}

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from normlab.environment import job_overrides
 from normlab.results import redact
+from normlab.run_folder import RunFolder
 
-RUN_ID_FILE = "wandb_id.txt"
 _warned = False
 
 
@@ -49,7 +49,7 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 def run_id(output_dir: Path) -> str:
     """The W&B run id of this run folder: read from wandb_id.txt, else made and saved there."""
-    path = output_dir / RUN_ID_FILE
+    path = RunFolder(output_dir).wandb_id
     if path.exists():
         return path.read_text().strip()
     alphabet = string.ascii_lowercase + string.digits

@@ -16,6 +16,7 @@ from torch import Tensor  # noqa: E402
 
 from normlab.diagnostics.probe import LayerRecord, gradient_norms, probe_layers, summarize  # noqa: E402
 from normlab.norms.population import population_layers  # noqa: E402
+from normlab.run_folder import RunFolder  # noqa: E402
 from normlab.stats.evaluate import train_test_gap  # noqa: E402
 
 PLOTTED = ("collapse_ratio", "instance_ratio", "instance_std_cv", "act_std")
@@ -90,7 +91,7 @@ class DiagnosticsMonitor(L.Callback):
             summary["train_test_gap"] = train_test_gap(model, loader, pl_module.device)
         plot = self.save_plot()
         summary["plot"] = plot.name if plot else None
-        (self.output_dir / "diagnostics.json").write_text(json.dumps(summary, indent=1) + "\n")
+        RunFolder(self.output_dir).diagnostics.write_text(json.dumps(summary, indent=1) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """The last measurement by depth, for results.json (empty when off)."""
@@ -121,7 +122,7 @@ class DiagnosticsMonitor(L.Callback):
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        path = self.output_dir / "diagnostics.png"
+        path = RunFolder(self.output_dir).diagnostics_plot
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
