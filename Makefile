@@ -37,7 +37,7 @@ FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stat
 	tests/stats/test_precise_bn_virtual.py tests/test_optim.py tests/test_config.py tests/test_lit.py \
 	tests/test_runtime.py tests/test_report.py tests/test_diagnostics.py tests/test_papers.py \
 	tests/test_plots.py tests/test_paper_report.py tests/test_folder_cache.py \
-	tests/test_slurm_request.py tests/test_every_option.py::test_every_option_of_every_group_builds \
+	tests/test_slurm_request.py tests/test_spec.py tests/test_every_option.py::test_every_option_of_every_group_builds \
 	tests/test_run_records.py::test_records_hold_no_path_of_the_machine_and_give_back_the_sweep \
 	tests/test_run_records.py::test_bad_records_are_refused_in_one_line
 

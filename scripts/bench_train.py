@@ -53,12 +53,12 @@ CONF_DIR = REPO_ROOT / "conf"
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from hardware import command_line, cpu_model  # noqa: E402
-from normlab.build import norm_params  # noqa: E402
 from normlab.callbacks import ThroughputMonitor  # noqa: E402
 from normlab.data import build_datamodule  # noqa: E402
 from normlab.models import build_model  # noqa: E402
 from normlab.norms import norm_factory, notify_optimizer_step  # noqa: E402
 from normlab.optim import build_optimizer, scaled_lr  # noqa: E402
+from normlab.spec import norm_params  # noqa: E402
 from normlab.train import run  # noqa: E402
 
 try:  # normlab's LightningModule steps a fused SGD; older versions the default kernel

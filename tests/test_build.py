@@ -59,8 +59,8 @@ def test_build_run_gives_every_part_without_fitting(tmp_path: Path) -> None:
         ]
     )
     run = build_run(cfg, tmp_path)
-    assert (run.virtual, run.world, run.global_batch) == (2, 1, 16)
-    assert run.lr == pytest.approx(float(cfg.optim.lr) * 16 / cfg.optim.ref_batch_size)
+    assert (run.spec.virtual_devices, run.spec.world_size, run.spec.global_batch) == (2, 1, 16)
+    assert run.spec.lr == pytest.approx(float(cfg.optim.lr) * 16 / cfg.optim.ref_batch_size)
     assert run.ckpt_path is None and run.loggers == [] and run.target is None
     assert run.module.model is run.model
     assert isinstance(run.callbacks[-1], Recorder)  # the user's callbacks come after normlab's

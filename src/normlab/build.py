@@ -31,16 +31,15 @@ from normlab.environment import (
     process_rank,
     trainer_args,
     under_slurm,
-    world_size,
 )
 from normlab.lit import Classifier
 from normlab.models import build_model
 from normlab.norms import norm_factory, set_virtual_batch_size
-from normlab.optim import scaled_lr
 from normlab.provenance import provenance
 from normlab.results import RunResult
 from normlab.resume import csv_version, resume_checkpoint
 from normlab.run_folder import CSV_DIR, PROFILER_NAME, TENSORBOARD_DIR
+from normlab.spec import RunSpec, run_spec
 
 
 @dataclass
@@ -56,10 +55,7 @@ class Run:
     trainer: L.Trainer
     ckpt_path: str | None  # the checkpoint to resume from (normlab.resume)
     resume_fallback: str | None  # why last.ckpt was not resumed from, when it could not be read
-    lr: float  # optim.lr scaled to the global batch
-    global_batch: int  # batch_size x virtual x world x accumulation
-    world: int  # processes that train together
-    virtual: int  # virtual devices per process
+    spec: RunSpec  # norm, batch, devices, global batch and learning rate (normlab.spec)
     target: ImageDataModule | None = None  # the shifted domain of precise_bn.data
 
     def close(self, failed: bool = False) -> None:
@@ -67,17 +63,26 @@ class Run:
         close_loggers(self.loggers, failed)
 
 
-def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
+def build_run(
+    cfg: DictConfig,
+    output_dir: Path,
+    verbose: bool = False,
+    spec: RunSpec | None = None,
+    devices_checked: bool = False,
+) -> Run:
     """Check the config against this machine and the data, seed, and build every part of the
-    run writing into `output_dir`; `verbose` prints the effective learning rate."""
+    run writing into `output_dir`; `verbose` prints the effective learning rate. `spec`: the
+    run's spec when the caller already read it (normlab.spec.run_spec); `devices_checked`: the
+    caller already refused a machine without the devices asked for."""
     quiet_lightning()
+    spec = spec or run_spec(cfg)
+    if not devices_checked:
+        check_devices(cfg.trainer)
     check_max_epochs(cfg.trainer.get("max_epochs"))
-    check_devices(cfg.trainer)
     check_logger_packages(cfg.logger)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    name, params = norm_params(cfg.norm)
-    norm = norm_factory(name, **params)
-    batch_size, virtual = int(cfg.batch_size), virtual_devices(cfg)
+    norm = norm_factory(spec.norm, **spec.norm_params)
+    batch_size, virtual = spec.batch_size, spec.virtual_devices
     datamodule = build_datamodule(cfg.data, batch_size, seed=int(cfg.seed), virtual_devices=virtual)
     datamodule.setup("fit")
     model = build_model(
@@ -90,28 +95,19 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
     set_virtual_batch_size(model, batch_size if virtual > 1 else None)
     target = build_target_domain(cfg, datamodule)
     resume_point = resume_checkpoint(cfg, output_dir)
-    world = world_size(cfg)
-    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
-    global_batch = batch_size * virtual * world * accumulate
-    lr = scaled_lr(float(cfg.optim.lr), global_batch, cfg.optim.get("ref_batch_size"))
     if verbose:
-        print(
-            f"normlab: learning rate {lr:.6g} (optim.lr {cfg.optim.lr} scaled to the global batch "
-            f"{global_batch}: batch_size {batch_size} x virtual_devices {virtual} x {world} "
-            f"device(s) x {accumulate} accumulation / optim.ref_batch_size "
-            f"{cfg.optim.get('ref_batch_size')})"
-        )
+        print(spec.lr_line())
     module = Classifier(
         model,
         datamodule.num_classes,
         cfg.optim,
         cfg.sched,
-        lr,
+        spec.lr,
         float(cfg.divergence.loss_threshold),
     )
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    callbacks = build_callbacks(cfg, output_dir, virtual, world, slurm=under_slurm())
+    callbacks = build_callbacks(cfg, output_dir, virtual, spec.world_size, slurm=under_slurm())
     loggers = build_loggers(cfg, output_dir)
     try:
         args = trainer_args(cfg)
@@ -145,10 +141,7 @@ def build_run(cfg: DictConfig, output_dir: Path, verbose: bool = False) -> Run:
         trainer=trainer,
         ckpt_path=resume_point.path,
         resume_fallback=resume_point.fallback,
-        lr=lr,
-        global_batch=global_batch,
-        world=world,
-        virtual=virtual,
+        spec=spec,
         target=target,
     )
 
@@ -169,41 +162,23 @@ def run_profiler(name: Any, output_dir: Path) -> Any:
     return name
 
 
-def norm_params(norm_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
-    """The norm's name and its parameters from the `norm` config group."""
-    params = OmegaConf.to_container(norm_cfg, resolve=True)
-    assert isinstance(params, dict)
-    name = params.pop("name")
-    return str(name), {str(k): v for k, v in params.items()}
-
-
-def virtual_devices(cfg: DictConfig) -> int:
-    """`virtual_devices`: DDP ranks of batch_size emulated in each process (1: off)."""
-    value = cfg.get("virtual_devices", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"virtual_devices must be an int >= 1 (ranks of batch_size emulated in one process), "
-            f"got {value!r}"
-        )
-    return value
-
-
-def run_axes(cfg: DictConfig) -> RunResult:
-    """The hyper-parameters a sweep varies, as results.json records them."""
-    name, params = norm_params(cfg.norm)
+def run_axes(cfg: DictConfig, spec: RunSpec | None = None) -> RunResult:
+    """The hyper-parameters a sweep varies, as results.json records them (`spec`: the run's
+    spec when the caller already read it)."""
+    spec = spec or run_spec(cfg)
     devices = cfg.trainer.get("devices", 1)
     return {
-        "norm": name,
-        "norm_params": params,
-        "momentum": params.get("momentum"),
-        "batch_size": int(cfg.batch_size),
-        "virtual_devices": virtual_devices(cfg),
+        "norm": spec.norm,
+        "norm_params": spec.norm_params,
+        "momentum": spec.norm_params.get("momentum"),
+        "batch_size": spec.batch_size,
+        "virtual_devices": spec.virtual_devices,
         "model": cfg.model.name,
         "data": cfg.data.name,
         "seed": int(cfg.seed),
         "devices": devices if isinstance(devices, int) else str(devices),
         "norm_weight_decay": str(cfg.optim.get("norm_weight_decay", False)).lower(),
-        "base_lr": float(cfg.optim.lr),
+        "base_lr": spec.base_lr,
         "precise_bn_samples": int(cfg.precise_bn.num_samples),
         "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),
         "eval_stats": str(cfg.eval_stats),

@@ -30,6 +30,7 @@ from normlab.environment import (
 from normlab.results import RunResult, compared_metric, is_bad_input, redact, write_results
 from normlab.run_folder import RunFolder, already_line, claimed, fingerprint
 from normlab.runtime import configure_threads
+from normlab.spec import run_spec
 from normlab.stats.evaluate import domain_shift_accuracy
 from normlab.wandb_logging import log_results_table
 
@@ -69,7 +70,9 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
         write_results(output_dir, results)
     parts: Run | None = None
     try:
-        results.update(run_axes(cfg), fingerprint=fingerprint(cfg).digest)
+        spec = run_spec(cfg)
+        axes = run_axes(cfg, spec)
+        results.update(axes, fingerprint=fingerprint(cfg).digest)
         if primary:
             write_results(output_dir, results)
         spawned = effective_strategy(cfg.trainer.get("strategy")) == "ddp_spawn"
@@ -81,12 +84,12 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
         if primary:
             resolved = redact(OmegaConf.to_container(cfg, resolve=True))
             OmegaConf.save(OmegaConf.create(resolved), folder.config)
-        parts = build_run(cfg, output_dir, verbose=primary)
+        parts = build_run(cfg, output_dir, verbose=primary, spec=spec, devices_checked=True)
         hparams = {
-            "lr": parts.lr,
-            "global_batch_size": parts.global_batch,
-            "world_size": parts.world,
-            **run_axes(cfg),
+            "lr": spec.lr,
+            "global_batch_size": spec.global_batch,
+            "world_size": spec.world_size,
+            **axes,
         }
         for logger in parts.loggers:
             logger.log_hyperparams(redact(hparams))
@@ -133,10 +136,10 @@ def fit_results(cfg: DictConfig, parts: Run, output_dir: Path) -> RunResult:
         "best_val_acc": max(_values(history, "val/acc"), default=None),
         "val_loss": _last(history, "val/loss"),
         "val_acc5": _last(history, "val/acc5"),
-        "global_batch_size": parts.global_batch,
-        "virtual_devices": parts.virtual,
-        "lr": parts.lr,
-        "world_size": parts.world,
+        "global_batch_size": parts.spec.global_batch,
+        "virtual_devices": parts.spec.virtual_devices,
+        "lr": parts.spec.lr,
+        "world_size": parts.spec.world_size,
         "resumed_from": parts.ckpt_path,
         **({"resume_fallback": parts.resume_fallback} if parts.resume_fallback else {}),
         "num_params": sum(p.numel() for p in parts.model.parameters()),
