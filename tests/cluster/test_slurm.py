@@ -225,13 +225,20 @@ def test_usr1_checkpoints_and_the_job_goes_on(
 def test_time_limit_checkpoints_mid_epoch(
     tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
 ) -> None:
-    """A 1-minute time limit with USR2 30 s before it: each attempt trains ~30 s, checkpoints
-    mid-epoch on the signal and is requeued; a job longer than its window still finishes."""
+    """A 3-minute time limit with USR2 90 s before it: each attempt starts, trains until the
+    signal, checkpoints mid-epoch and is requeued; a job longer than its window still finishes.
+
+    The signal comes 90 s into each attempt, later than a job's start-up takes on a loaded
+    machine: submitit installs its handlers only once the job's pickle is loaded (torch,
+    Lightning and normlab imported), and a USR2 before that kills the job (with a 1-minute
+    limit and USR2 at 30 s, both jobs died so on a machine busy with two training runs). Steps
+    paced to 150 ms make a job last at least 230 s, so the first window never holds it all."""
     sweep = Sweep(
         tmp_path / "sweep",
         local_cluster,
-        "hydra.launcher.timeout_min=1",
-        "hydra.launcher.signal_delay_s=30",
+        "hydra.launcher.timeout_min=3",
+        "hydra.launcher.signal_delay_s=90",
+        "++callbacks.extra.pace.seconds=0.15",
     )
     assert "2 jobs: 2 completed, 0 failed" in sweep.finish(timeout_s=900)
     _check_same("time limit (1 min, USR2 30 s before)", sweep, baseline)
