@@ -232,16 +232,17 @@ def test_time_limit_checkpoints_mid_epoch(
     machine: submitit installs its handlers only once the job's pickle is loaded (torch,
     Lightning and normlab imported), and a USR2 before that kills the job (with a 1-minute
     limit and USR2 at 30 s, both jobs died so on a machine busy with two training runs). Steps
-    paced to 150 ms make a job last at least 230 s, so the first window never holds it all."""
+    paced to 80 ms make a job last at least 123 s, longer than the 80 s a first window leaves
+    after the quickest start, so every job is requeued at least once."""
     sweep = Sweep(
         tmp_path / "sweep",
         local_cluster,
         "hydra.launcher.timeout_min=3",
         "hydra.launcher.signal_delay_s=90",
-        "++callbacks.extra.pace.seconds=0.15",
+        "++callbacks.extra.pace.seconds=0.08",
     )
     assert "2 jobs: 2 completed, 0 failed" in sweep.finish(timeout_s=900)
-    _check_same("time limit (1 min, USR2 30 s before)", sweep, baseline)
+    _check_same("time limit (3 min, USR2 90 s before)", sweep, baseline)
 
 
 def test_preemption_with_grace_time_and_sigterm(
