@@ -51,7 +51,7 @@ test-all: $(STAMP) ## run every test but the cluster ones, the slow ones too
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not cluster" $(ARGS)
 
 SLURM_LOCAL ?= ../shared/tools/slurm_local.sh
-test-cluster: $(STAMP) ## a 2-job sweep under a real SLURM, interrupted every way (starts $(SLURM_LOCAL) as root; ~20 min)
+test-cluster: $(STAMP) ## a 2-job sweep under a real SLURM, interrupted every way (starts $(SLURM_LOCAL) as root; ~25 min)
 	@if [ -f "$(SLURM_LOCAL)" ] && [ "$$(id -u)" = 0 ]; then bash $(SLURM_LOCAL) start; fi
 	SLURM_CONF=$${SLURM_CONF:-/tmp/slurm-local/etc/slurm.conf} NORMLAB_SLURM_LOCAL=$(abspath $(SLURM_LOCAL)) \
 		$(BIN)/python -m pytest -q -s -m cluster tests/cluster $(ARGS)
