@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from normlab.build import build_run
+from normlab.data import ImageDataModule
+from normlab.evaluation import load_experiment
 from normlab.norms.population import population_layers
 from normlab.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
 from normlab.stats.callbacks import set_eval_alpha
@@ -27,24 +26,12 @@ from normlab.stats.evaluate import evaluate_accuracy
 DEFAULT_ALPHAS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]
 
 
-def load_run(run_dir: Path, checkpoint: str):  # type: ignore[no-untyped-def]
-    """The run's model with its checkpoint's weights, and its data module, built as the run
-    built them, here on the CPU, in one process, with no logger."""
-    folder = RunFolder(run_dir)
-    cfg = OmegaConf.load(folder.config)
-    cfg.trainer = {"accelerator": "cpu", "devices": 1}
-    cfg.virtual_devices = 1
-    cfg.logger = {}
-    cfg.ckpt_path = None  # weights come from --checkpoint
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no Trainer banner
-    run = build_run(cfg, run_dir)
-    state = torch.load(folder.checkpoint(checkpoint), map_location="cpu", weights_only=True)[
-        "state_dict"
-    ]
-    run.model.load_state_dict(
-        {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    )
-    return run.model, run.datamodule
+def load_run(run_dir: Path, checkpoint: str) -> tuple[torch.nn.Module, ImageDataModule]:
+    """The run's model with its checkpoint's weights, and its data module: the run's
+    experiment only (no Trainer, no logger), here on the CPU."""
+    ckpt = RunFolder(run_dir).checkpoint(checkpoint)
+    _, _, experiment = load_experiment(ckpt, {"trainer": "cpu"})
+    return experiment.model, experiment.datamodule
 
 
 def accuracy_by_alpha(model: torch.nn.Module, batches: list, alphas: list[float]) -> list[float]:

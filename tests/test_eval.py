@@ -144,3 +144,26 @@ def test_a_whole_sweep_is_one_table_with_a_row_per_run_and_choice(
     assert varied_run_axes(rows) == ["seed"]
     table = format_rows(rows, ["seed"]).splitlines()
     assert table[0].split()[:3] == ["run", "seed", "statistics"] and len(table) == 7
+
+
+def test_evaluation_builds_only_the_experiment(
+    trained: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Trainer, logger or callback is built to evaluate a checkpoint: the experiment alone
+    (data, model, module) is what eval.py and choose_alpha need."""
+    import lightning
+
+    import normlab.build
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluation built a part of the harness")
+
+    monkeypatch.setattr(lightning.Trainer, "__init__", refuse)
+    monkeypatch.setattr(normlab.build, "build_harness", refuse)
+    monkeypatch.setattr(normlab.build, "build_loggers", refuse)
+    folder, results = trained
+    rows = evaluate_checkpoint(
+        folder / "checkpoints" / "last.ckpt", EvalChoices(precise_bn_samples=[], alphas=[])
+    )
+    assert rows[0]["statistics"] == "ema"
+    assert rows[0]["val_acc"] == pytest.approx(results["val_acc"], abs=1e-6)

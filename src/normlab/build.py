@@ -1,7 +1,8 @@
-"""build_run(cfg, output_dir): a run's parts from its composed config, ready to fit or evaluate.
+"""build_run(cfg, output_dir): a run's parts from its composed config, ready to fit.
 
-The one place a config becomes data, model, LightningModule, callbacks, loggers and Trainer:
-normlab.train fits what it returns, scripts evaluate it.
+The experiment (data, model, LightningModule: normlab.experiment) and the harness that trains
+it (callbacks, loggers, Trainer, the checkpoint to resume), checked against this machine
+first: normlab.train fits what it returns. Evaluation builds only the experiment.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from normlab.callbacks import build_callbacks
 from normlab.checkpoint_io import AtomicCheckpointIO
-from normlab.data import ImageDataModule, build_datamodule
+from normlab.data import ImageDataModule
 from normlab.environment import (
     check_devices,
     cluster_plugins,
@@ -32,9 +33,8 @@ from normlab.environment import (
     trainer_args,
     under_slurm,
 )
+from normlab.experiment import Experiment, build_experiment
 from normlab.lit import Classifier
-from normlab.models import build_model
-from normlab.norms import norm_factory, set_virtual_batch_size
 from normlab.provenance import provenance
 from normlab.results import RunResult
 from normlab.resume import csv_version, resume_checkpoint
@@ -43,20 +43,64 @@ from normlab.spec import RunSpec, run_spec
 
 
 @dataclass
-class Run:
-    """A run's parts, nothing trained yet. `close` ends what the loggers started (a W&B run):
-    call it once the run is over, failed or not."""
+class Harness:
+    """How a run trains: its callbacks, loggers and Trainer, and the checkpoint it resumes."""
 
-    datamodule: ImageDataModule
-    model: nn.Module
-    module: Classifier
     callbacks: list[L.Callback]
     loggers: list[Logger]
     trainer: L.Trainer
     ckpt_path: str | None  # the checkpoint to resume from (normlab.resume)
     resume_fallback: str | None  # why last.ckpt was not resumed from, when it could not be read
-    spec: RunSpec  # norm, batch, devices, global batch and learning rate (normlab.spec)
-    target: ImageDataModule | None = None  # the shifted domain of precise_bn.data
+
+
+@dataclass
+class Run:
+    """A run's parts, nothing trained yet: what is trained (`experiment`) and how (`harness`).
+    `close` ends what the loggers started (a W&B run): call it once the run is over, failed
+    or not."""
+
+    experiment: Experiment
+    harness: Harness
+
+    @property
+    def datamodule(self) -> ImageDataModule:
+        return self.experiment.datamodule
+
+    @property
+    def model(self) -> nn.Module:
+        return self.experiment.model
+
+    @property
+    def module(self) -> Classifier:
+        return self.experiment.module
+
+    @property
+    def spec(self) -> RunSpec:
+        return self.experiment.spec
+
+    @property
+    def target(self) -> ImageDataModule | None:
+        return self.experiment.target
+
+    @property
+    def callbacks(self) -> list[L.Callback]:
+        return self.harness.callbacks
+
+    @property
+    def loggers(self) -> list[Logger]:
+        return self.harness.loggers
+
+    @property
+    def trainer(self) -> L.Trainer:
+        return self.harness.trainer
+
+    @property
+    def ckpt_path(self) -> str | None:
+        return self.harness.ckpt_path
+
+    @property
+    def resume_fallback(self) -> str | None:
+        return self.harness.resume_fallback
 
     def close(self, failed: bool = False) -> None:
         """Finish the loggers that need it (W&B), with a failure exit code when `failed`."""
@@ -70,44 +114,37 @@ def build_run(
     spec: RunSpec | None = None,
     devices_checked: bool = False,
 ) -> Run:
-    """Check the config against this machine and the data, seed, and build every part of the
-    run writing into `output_dir`; `verbose` prints the effective learning rate. `spec`: the
-    run's spec when the caller already read it (normlab.spec.run_spec); `devices_checked`: the
-    caller already refused a machine without the devices asked for."""
+    """Check the config against this machine and the data, then build the experiment
+    (normlab.experiment) and the harness that trains it, writing into `output_dir`; `verbose`
+    prints the effective learning rate. `spec`: the run's spec when the caller already read it
+    (normlab.spec.run_spec); `devices_checked`: the caller already refused a machine without
+    the devices asked for."""
     quiet_lightning()
     spec = spec or run_spec(cfg)
     if not devices_checked:
         check_devices(cfg.trainer)
     check_max_epochs(cfg.trainer.get("max_epochs"))
     check_logger_packages(cfg.logger)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    norm = norm_factory(spec.norm, **spec.norm_params)
-    batch_size, virtual = spec.batch_size, spec.virtual_devices
-    datamodule = build_datamodule(cfg.data, batch_size, seed=int(cfg.seed), virtual_devices=virtual)
-    datamodule.setup("fit")
-    model = build_model(
-        cfg.model, norm, datamodule.num_classes, datamodule.in_channels, datamodule.image_size
-    )
-    check_norm_batch_size(model, batch_size)
-    check_precise_bn_samples(int(cfg.precise_bn.num_samples), datamodule)
+    experiment = build_experiment(cfg, spec)
+    check_precise_bn_samples(int(cfg.precise_bn.num_samples), experiment.datamodule)
     for num_samples in cfg.precise_bn.get("compare_samples") or []:
-        check_precise_bn_samples(int(num_samples), datamodule, "precise_bn.compare_samples")
-    set_virtual_batch_size(model, batch_size if virtual > 1 else None)
-    target = build_target_domain(cfg, datamodule)
-    resume_point = resume_checkpoint(cfg, output_dir)
+        check_precise_bn_samples(
+            int(num_samples), experiment.datamodule, "precise_bn.compare_samples"
+        )
     if verbose:
         print(spec.lr_line())
-    module = Classifier(
-        model,
-        datamodule.num_classes,
-        cfg.optim,
-        cfg.sched,
-        spec.lr,
-        float(cfg.divergence.loss_threshold),
-    )
+    return Run(experiment, build_harness(cfg, spec, output_dir))
+
+
+def build_harness(cfg: DictConfig, spec: RunSpec, output_dir: Path) -> Harness:
+    """The callbacks, loggers and Trainer of a run writing into `output_dir`, and the
+    checkpoint it resumes from (normlab.resume)."""
+    resume_point = resume_checkpoint(cfg, output_dir)
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    callbacks = build_callbacks(cfg, output_dir, virtual, spec.world_size, slurm=under_slurm())
+    callbacks = build_callbacks(
+        cfg, output_dir, spec.virtual_devices, spec.world_size, slurm=under_slurm()
+    )
     loggers = build_loggers(cfg, output_dir)
     try:
         args = trainer_args(cfg)
@@ -132,17 +169,12 @@ def build_run(
     except BaseException:
         close_loggers(loggers, failed=True)
         raise
-    return Run(
-        datamodule=datamodule,
-        model=model,
-        module=module,
+    return Harness(
         callbacks=callbacks,
         loggers=loggers,
         trainer=trainer,
         ckpt_path=resume_point.path,
         resume_fallback=resume_point.fallback,
-        spec=spec,
-        target=target,
     )
 
 
@@ -204,14 +236,6 @@ def check_max_epochs(max_epochs: Any) -> None:
         )
 
 
-def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:
-    """Ask every layer that can tell (normlab norms) whether it trains at this per-device batch."""
-    for module in model.modules():
-        check = getattr(module, "check_batch_size", None)
-        if callable(check):
-            check(batch_size)
-
-
 def check_precise_bn_samples(
     num_samples: int, datamodule: ImageDataModule, key: str = "precise_bn.num_samples"
 ) -> None:
@@ -223,19 +247,6 @@ def check_precise_bn_samples(
             f"{key}={num_samples} exceeds the {available} training samples of "
             f"data={datamodule.name}; use at most {available}"
         )
-
-
-def build_target_domain(cfg: DictConfig, source: ImageDataModule) -> ImageDataModule | None:
-    """The shifted-domain data set of `precise_bn.data` (None when empty), normalized like the
-    source, so the shift is not undone by its own input statistics."""
-    changes = OmegaConf.to_container(cfg.precise_bn.data, resolve=True)
-    if not changes:
-        return None
-    merged = {**OmegaConf.to_container(cfg.data, resolve=True), **changes}  # type: ignore[dict-item]
-    target = build_datamodule(merged, int(cfg.precise_bn.batch_size), seed=int(cfg.seed))
-    target.setup("fit")
-    target.collate = source.collate
-    return target
 
 
 def quiet_lightning() -> None:

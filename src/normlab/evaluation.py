@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.build import build_run, build_target_domain
 from normlab.checkpoint_io import load_failure
+from normlab.experiment import Experiment, build_experiment, build_target_domain
 from normlab.norms.population import population_layers
 from normlab.results import RESULTS_FILE, redact
 from normlab.run_folder import CHECKPOINT_DIR, CHECKPOINT_SUFFIX, CONFIG_FILE, RunFolder
@@ -114,25 +111,41 @@ def apply_overrides(cfg: DictConfig, overrides: dict[str, Any], source: Path) ->
 
 
 def eval_config(cfg: DictConfig, accelerator: str | None = None) -> DictConfig:
-    """The run's config for evaluation only: no logger, no checkpoints, no resume, no PreciseBN
-    inside the trainer, one process, on `accelerator` (cpu or gpu; None: the run's GPU if it
-    used one and it is still there, else the CPU)."""
+    """The run's config, resolved, on one device of `accelerator` (cpu or gpu; None: the run's
+    GPU if it used one and it is still there, else the CPU). Nothing else changes: evaluation
+    builds only the experiment (normlab.experiment), never the run's Trainer or loggers."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise ValueError("trainer=gpu: this machine has no CUDA GPU; give trainer=cpu")
     if accelerator is None:
         accelerator = cfg.trainer.get("accelerator")
     gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
-    cfg.trainer = {"accelerator": "gpu" if gpu else "cpu", "devices": 1, "max_epochs": 1}
-    cfg.logger = {"csv": False, "wandb": False}
-    cfg.callbacks.checkpoint.enabled = False
-    cfg.callbacks.progress = "none"
-    cfg.callbacks.extra = {}
-    cfg.resume, cfg.ckpt_path = False, None
-    cfg.precise_bn.num_samples = 0
-    cfg.diagnostics.every_n_epochs = 0
-    cfg.frozen_bn.last_epochs = 0
+    cfg.trainer = {"accelerator": "gpu" if gpu else "cpu", "devices": 1}
     return cfg
+
+
+def load_experiment(
+    ckpt_path: Path, overrides: dict[str, Any] | None = None
+) -> tuple[Path, DictConfig, Experiment]:
+    """A checkpoint's run folder, its config (with `overrides`: `data.root`, ...; `trainer`:
+    cpu or gpu) and its experiment with the checkpoint's weights, on the device chosen."""
+    state = load_weights(ckpt_path)  # before config, data and model: a bad file fails at once
+    run_dir, saved_cfg = run_folder_config(ckpt_path)
+    overrides = dict(overrides or {})
+    accelerator = overrides.pop("trainer", None)
+    if accelerator is not None and accelerator not in ACCELERATORS:
+        raise ValueError(f"trainer={accelerator}: valid choices: {', '.join(ACCELERATORS)}")
+    saved_cfg = apply_overrides(saved_cfg, overrides, RunFolder(run_dir).config)
+    cfg = eval_config(saved_cfg, accelerator)
+    experiment = build_experiment(cfg)
+    experiment.module.load_state_dict(state)
+    experiment.model.to(eval_device(cfg))
+    return run_dir, cfg, experiment
+
+
+def eval_device(cfg: DictConfig) -> torch.device:
+    """The device eval_config chose."""
+    return torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
 
 
 def evaluate_checkpoint(
@@ -144,42 +157,15 @@ def evaluate_checkpoint(
     """Every choice's validation accuracy for one checkpoint; written to <run>/eval/.
     `overrides` change the run's own config first (`data.root`, `data.val_samples`, ...;
     `trainer`: cpu or gpu), so a run folder can be evaluated on another machine."""
-    state = load_weights(ckpt_path)  # before config, data and model: a bad file fails at once
-    run_dir, saved_cfg = run_folder_config(ckpt_path)
     given = {"overrides": dict(overrides)} if overrides else {}
-    overrides = dict(overrides or {})
-    accelerator = overrides.pop("trainer", None)
-    if accelerator is not None and accelerator not in ACCELERATORS:
-        raise ValueError(f"trainer={accelerator}: valid choices: {', '.join(ACCELERATORS)}")
-    saved_cfg = apply_overrides(saved_cfg, overrides, RunFolder(run_dir).config)
-    cfg = eval_config(saved_cfg, accelerator)
+    run_dir, cfg, experiment = load_experiment(ckpt_path, overrides)
     out_dir = out_dir or RunFolder(run_dir).eval_dir
-    with _quiet_lightning():
-        run = build_run(cfg, out_dir)
-    try:
-        run.module.load_state_dict(state)
-        device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
-        model = run.module.model.to(device)
-        rows = _evaluate(cfg, run, model, device, choices)
-    finally:
-        run.close(failed=False)
+    rows = _evaluate(cfg, experiment, eval_device(cfg), choices)
     axes = _run_axes(run_dir)
     rows = [{**axes, "checkpoint": str(ckpt_path), **given, **row} for row in rows]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / EVAL_FILE).write_text(json.dumps(redact(rows), indent=1) + "\n")
     return rows
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Lightning's info lines (GPU available, TPU available, ...) kept off eval.py's output."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def sweep_checkpoints(sweep: Path) -> list[Path]:
@@ -221,9 +207,9 @@ def _run_axes(run_dir: Path) -> dict[str, Any]:
 
 
 def _evaluate(
-    cfg: DictConfig, run: Any, model: torch.nn.Module, device: torch.device, choices: EvalChoices
+    cfg: DictConfig, experiment: Experiment, device: torch.device, choices: EvalChoices
 ) -> list[dict[str, Any]]:
-    datamodule = run.datamodule
+    datamodule, model = experiment.datamodule, experiment.model
     val = list(datamodule.val_dataloader())
     layers = population_layers(model)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
