@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset
-from normlab.norms.population import PopulationStats, population_layers
-from normlab.norms.virtual import set_virtual_batch_size, virtual_batch_size_of
+from normlab.norms.population import PopulationStats, population_layers, state_guard
+from normlab.norms.virtual import set_virtual_batch_size
 from normlab.stats.precise_bn import BatchAugmentedImages, update_population_stats
 
 
@@ -74,13 +74,10 @@ class PreciseBNCallback(L.Callback):
         if self.virtual_devices == 1:
             update_population_stats(model, loader, self.num_samples)
         else:
-            training_chunk = virtual_batch_size_of(model)
-            set_virtual_batch_size(model, self.batch_size)
-            try:
+            with state_guard(model, virtual_batch_size=True):  # back to the training chunk
+                set_virtual_batch_size(model, self.batch_size)
                 batches = whole_chunks(loader, self.batch_size, self.num_samples)
                 update_population_stats(model, batches, self.num_samples)
-            finally:
-                set_virtual_batch_size(model, training_chunk)
         self.updates += 1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
