@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from normlab.callbacks import average_across_ranks, batch_dependent_buffers
 from normlab.norms import build_norm
+from normlab.stats.callbacks import average_across_ranks, batch_dependent_buffers
 from tests.helpers import free_port
 
 

@@ -1,8 +1,10 @@
 """The callbacks of a run: build_callbacks makes every one a config asks for (these, the
 population-statistics and diagnostics callbacks, and the user's `callbacks.extra`).
 
-Defined here: throughput, metric history, DDP buffer reconciliation, per-epoch seeding (exact
-resume), checkpoints, progress bars, and the summary rank 0 hands back to the main process.
+Defined here: throughput, metric history, per-epoch seeding (exact resume), checkpoints,
+progress bars, and the summary rank 0 hands back to the main process. DDP buffer reconciliation
+(ReconcileNormBuffers) acts on the population statistics and lives with them, in
+normlab.stats.callbacks.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig
-from torch import Tensor, nn
 
 from normlab.data.resumable import HandBackLoaderState
 from normlab.diagnostics.callback import DiagnosticsMonitor
 from normlab.interruptions import RunClock, SignalCheckpoint
-from normlab.norms import is_norm_layer
-from normlab.norms.virtual import reconcile_virtual_ranks
 from normlab.results import RunResult
 from normlab.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
-from normlab.stats.callbacks import EvalStatsCallback, FrozenBNCallback, PreciseBNCallback
+from normlab.stats.callbacks import (
+    EvalStatsCallback,
+    FrozenBNCallback,
+    PreciseBNCallback,
+    ReconcileNormBuffers,
+)
 from normlab.stats.compare import PreciseBNComparison
 
 
@@ -290,87 +293,6 @@ class MetricHistory(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
-
-
-def batch_dependent_buffers(model: nn.Module) -> list[Tensor]:
-    """The running statistics of batch-dependent normlab norm layers, each once.
-
-    Each layer declares them (`population_buffers` of normlab.norms.population.PopulationStats,
-    whatever their names), so every family (BN, ghost BN, batch renorm, ...) is covered without
-    type checks or name guessing; a NormAct is skipped (its inner layer is visited itself).
-    """
-    from normlab.norms.population import PopulationStats
-
-    found: dict[int, Tensor] = {}
-    for module in model.modules():
-        if is_norm_layer(module) and module.batch_dependent and isinstance(module, PopulationStats):
-            for buffer in module.population_tensors():
-                if buffer.is_floating_point():
-                    found.setdefault(id(buffer), buffer)
-    return list(found.values())
-
-
-def average_across_ranks(buffers: list[Tensor]) -> None:
-    """Replace each buffer by its mean over all DDP ranks (a no-op outside a process group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return
-    world = dist.get_world_size()
-    for buffer in buffers:
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-        buffer.div_(world)
-
-
-class ReconcileNormBuffers(L.Callback):
-    """Under DDP each rank updates its BN running statistics from its own batches only.
-
-    Before every validation (which is also before the epoch's checkpoint) and at the end of
-    each training epoch, the running_* buffers of batch-dependent norm layers are averaged
-    across ranks with an all-reduce, so evaluation, checkpoints and the saved model use one
-    set of population statistics, the same on every rank. Layers that keep per-virtual-rank
-    state (virtual devices) collapse it to the ranks' mean at the same points.
-    """
-
-    def __init__(self) -> None:
-        self.module: nn.Module | None = None
-        self.resume_by_rank: list[list[Tensor]] | None = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.module = pl_module
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every rank's own statistics, for a checkpoint taken mid-epoch (a cluster's warning
-        signal): rank 0 writes only its own into the model's state, and each rank must resume
-        with its own for the run to continue as an uninterrupted one would."""
-        if self.module is None or not (dist.is_available() and dist.is_initialized()):
-            return {}
-        own = [buffer.detach().cpu() for buffer in batch_dependent_buffers(self.module)]
-        every: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(every, own)
-        return {"by_rank": every}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.resume_by_rank = state_dict.get("by_rank")
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        saved, self.resume_by_rank = self.resume_by_rank, None
-        if saved is None or len(saved) != trainer.world_size:
-            return  # an epoch-end checkpoint's statistics are the same on every rank
-        with torch.no_grad():
-            for buffer, value in zip(
-                batch_dependent_buffers(pl_module), saved[trainer.global_rank], strict=True
-            ):
-                buffer.copy_(value)
-
-    def _reconcile(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1:
-            average_across_ranks(batch_dependent_buffers(pl_module))
-        reconcile_virtual_ranks(pl_module)  # virtual devices: the same, for emulated ranks
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reconcile(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reconcile(trainer, pl_module)
 
 
 class EpochSeeding(L.Callback):

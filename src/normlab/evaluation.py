@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normlab.checkpoint_io import load_failure
 from normlab.experiment import Experiment, build_experiment, build_target_domain
-from normlab.norms.population import population_layers
+from normlab.norms.population import population_layers, state_guard
 from normlab.results import RESULTS_FILE, redact
 from normlab.run_folder import CHECKPOINT_DIR, CHECKPOINT_SUFFIX, CONFIG_FILE, RunFolder
 from normlab.stats.callbacks import set_eval_alpha, training_loader
@@ -212,25 +212,25 @@ def _evaluate(
     datamodule, model = experiment.datamodule, experiment.model
     val = list(datamodule.val_dataloader())
     layers = population_layers(model)
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
     rows: list[dict[str, Any]] = [
         {"statistics": "ema", "val_acc": evaluate_accuracy(model, val, device)}
     ]
     if not layers:
         return rows  # a batch-independent norm: every other choice is the same network
     available = len(datamodule.train_set)
-    for samples in choices.precise_bn_samples:
-        count = min(int(samples), available)
-        loader = training_loader(datamodule, int(cfg.precise_bn.batch_size), int(cfg.seed))
-        update_population_stats(model, loader, count)
-        rows.append(
-            {
-                "statistics": "precise_bn",
-                "samples": count,
-                "val_acc": evaluate_accuracy(model, val, device),
-            }
-        )
-        model.load_state_dict(saved)
+    with state_guard(model, state_dict=True) as saved:
+        for samples in choices.precise_bn_samples:
+            count = min(int(samples), available)
+            loader = training_loader(datamodule, int(cfg.precise_bn.batch_size), int(cfg.seed))
+            update_population_stats(model, loader, count)
+            rows.append(
+                {
+                    "statistics": "precise_bn",
+                    "samples": count,
+                    "val_acc": evaluate_accuracy(model, val, device),
+                }
+            )
+            saved.restore()  # each estimate starts from the checkpoint's own statistics
     for batch_size in choices.batch_sizes or [int(cfg.batch_size)]:
         batches = list(datamodule.eval_dataloader(int(batch_size)))
         rows.append({"statistics": "batch", "eval_batch_size": int(batch_size),

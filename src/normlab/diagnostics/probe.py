@@ -17,6 +17,7 @@ from normlab.diagnostics.power import (
 )
 from normlab.models.inspection import forward_with_hooks
 from normlab.norms import is_norm_layer
+from normlab.norms.population import state_guard
 
 
 @dataclass
@@ -83,22 +84,12 @@ def probe_layers(model: nn.Module, images: Tensor) -> list[LayerRecord]:
 def gradient_norms(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, float]:
     """L2 norm of each parameter tensor's gradient of the probe's cross-entropy (train mode,
     as in a training step; the model's gradients are left as they were)."""
-    saved = {
-        n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()
-    }
-    state = {k: v.clone() for k, v in model.state_dict().items()}  # train mode updates BN buffers
-    was_training = model.training
-    model.train()
-    model.zero_grad(set_to_none=True)
-    try:
+    # a train-mode forward updates the running statistics: the whole state dict is restored
+    with state_guard(model, mode=True, state_dict=True, grads=True):
+        model.train()
+        model.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
-        norms = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
-    finally:
-        model.load_state_dict(state)
-        model.train(was_training)
-        for n, p in model.named_parameters():
-            p.grad = saved[n]
-    return norms
+        return {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def summarize(records: list[LayerRecord]) -> dict[str, Any]:

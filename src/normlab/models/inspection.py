@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from normlab.norms.population import state_guard
+
 
 @torch.no_grad()
 def forward_with_hooks(
@@ -19,14 +21,14 @@ def forward_with_hooks(
 
     The hooks do the observing (which module made which tensor, what a layer saw). Eval mode
     keeps the forward from updating running statistics or depending on the batch, so tracing
-    does not change the model; no gradient is needed to look. `model.train(was_training)`
-    sets every submodule to the model's own mode, as `model.eval()` set them all.
+    does not change the model; no gradient is needed to look. The mode is restored by
+    `state_guard` (`model.train(saved)`), which sets every submodule to the model's own mode, as
+    `model.eval()` set them all.
     """
-    was_training = model.training
-    model.eval()
     try:
-        model(example)
+        with state_guard(model, mode=True):
+            model.eval()
+            model(example)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()

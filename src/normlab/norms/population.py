@@ -20,22 +20,33 @@ it across DDP ranks, `load_recorded_moments()` puts the reduced tensor back, and
 E[x^2] - mean^2 into the layer's running buffers.
 
 Every layer with running statistics declares them here, once: which buffers they are
-(`population_buffers`, what DDP reconciliation averages across ranks) and which counter counts
-its batches (`population_counter`), and whether its evaluation implements example weighing
+(`population_buffers`, what DDP reconciliation, normlab.stats.callbacks.ReconcileNormBuffers,
+averages across ranks) and which counter counts its batches (`population_counter`), and whether its evaluation implements example weighing
 (`supports_eval_alpha`, Summers & Dinneen 2020). The mode predicate (`uses_batch_statistics`) and the EMA
 update with torch's momentum convention (`_update_population`) live here too, so no layer
 re-derives them.
+
+`state_guard` is the one way code that evaluates or inspects a model (PreciseBN, the EMA vs
+PreciseBN comparison, batch-statistics and shifted-domain evaluation, probes, tracing) saves
+the state it is about to change and puts it back afterwards, also when the work fails.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from normlab.norms.base import NormLayer
-from normlab.norms.virtual import VirtualDevices, chunk_batch_norm
+from normlab.norms.virtual import (
+    VirtualDevices,
+    chunk_batch_norm,
+    set_virtual_batch_size,
+    virtual_batch_size_of,
+)
 
 STATS_MODES = ("ema", "record", "batch", "population")
 
@@ -322,3 +333,102 @@ def set_stats_mode(model: nn.Module, mode: str) -> int:
             layer.stats_mode = mode
         count += 1
     return count
+
+
+class SavedState:
+    """What `state_guard` saved of one model; `restore()` puts it back (any number of times)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mode: bool,
+        stats_modes: bool,
+        population: bool,
+        state_dict: bool,
+        virtual_batch_size: bool,
+        grads: bool,
+    ) -> None:
+        self.model = model
+        self.training = model.training if mode else None
+        self.stats_modes = (
+            [(layer, layer.stats_mode) for layer in population_layers(model)]
+            if stats_modes
+            else None
+        )
+        self.population = (
+            [t.detach().clone() for t in _population_tensors(model)] if population else None
+        )
+        self.state = {k: v.clone() for k, v in model.state_dict().items()} if state_dict else None
+        self.saves_virtual_batch_size = virtual_batch_size
+        self.virtual_batch_size = virtual_batch_size_of(model) if virtual_batch_size else None
+        self.grads = (
+            [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+            if grads
+            else None
+        )
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back everything saved, in place (the model's tensors stay the same objects)."""
+        model = self.model
+        if self.state is not None:
+            model.load_state_dict(self.state)
+        if self.population is not None:
+            for tensor, saved in zip(_population_tensors(model), self.population, strict=True):
+                tensor.copy_(saved)
+        if self.stats_modes is not None:
+            for layer, stats_mode in self.stats_modes:
+                layer.stats_mode = stats_mode
+        if self.saves_virtual_batch_size:
+            set_virtual_batch_size(model, self.virtual_batch_size)
+        if self.training is not None:
+            model.train(self.training)  # every submodule back to the model's own mode
+        if self.grads is not None:
+            for param, grad in self.grads:
+                param.grad = grad
+
+
+def _population_tensors(model: nn.Module) -> list[Tensor]:
+    """Every running-statistics buffer of `model`, layer by layer in module order."""
+    return [t for layer in population_layers(model) for t in layer.population_tensors()]
+
+
+@contextmanager
+def state_guard(
+    model: nn.Module,
+    *,
+    mode: bool = False,
+    stats_modes: bool = False,
+    population: bool = False,
+    state_dict: bool = False,
+    virtual_batch_size: bool = False,
+    grads: bool = False,
+) -> Iterator[SavedState]:
+    """Save the chosen parts of `model`'s state on entry and restore them on exit, also when the
+    block raises; what is not chosen (each part defaults to False) is left as the block leaves it.
+
+    The parts: `mode`, the model's train/eval mode (restored with `model.train(saved)`, which
+    sets every submodule to it); `stats_modes`, each population layer's `stats_mode`;
+    `population`, the values of the running-statistics buffers (`population_tensors()`);
+    `state_dict`, every tensor of `model.state_dict()` (parameters, all buffers and counters);
+    `virtual_batch_size`, the chunk size the batch-dependent layers normalize with; `grads`, the
+    parameters' gradients (None included). Evaluation and inspection change these on the way
+    (eval mode, "batch" or "record" statistics, re-estimated buffers, train-mode forwards) and
+    must leave the model as they found it: the run's own statistics, checkpoints and training
+    go on unchanged. The yielded SavedState's `restore()` resets the model within the block,
+    e.g. between several estimates from the same starting point.
+    """
+    saved = SavedState(
+        model,
+        mode=mode,
+        stats_modes=stats_modes,
+        population=population,
+        state_dict=state_dict,
+        virtual_batch_size=virtual_batch_size,
+        grads=grads,
+    )
+    try:
+        yield saved
+    finally:
+        saved.restore()

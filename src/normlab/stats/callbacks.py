@@ -1,17 +1,22 @@
-"""Lightning callbacks that act on the population statistics of batch-dependent layers."""
+"""Lightning callbacks that act on the population statistics of batch-dependent layers:
+PreciseBN, FrozenBN, batch-statistics and example-weighed evaluation, and DDP reconciliation
+(the running statistics averaged across real ranks, virtual ranks collapsed to their mean)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset
-from normlab.norms.population import PopulationStats, population_layers
-from normlab.norms.virtual import set_virtual_batch_size, virtual_batch_size_of
+from normlab.norms import is_norm_layer
+from normlab.norms.population import PopulationStats, population_layers, state_guard
+from normlab.norms.virtual import reconcile_virtual_ranks, set_virtual_batch_size
 from normlab.stats.precise_bn import BatchAugmentedImages, update_population_stats
 
 
@@ -74,13 +79,10 @@ class PreciseBNCallback(L.Callback):
         if self.virtual_devices == 1:
             update_population_stats(model, loader, self.num_samples)
         else:
-            training_chunk = virtual_batch_size_of(model)
-            set_virtual_batch_size(model, self.batch_size)
-            try:
+            with state_guard(model, virtual_batch_size=True):  # back to the training chunk
+                set_virtual_batch_size(model, self.batch_size)
                 batches = whole_chunks(loader, self.batch_size, self.num_samples)
                 update_population_stats(model, batches, self.num_samples)
-            finally:
-                set_virtual_batch_size(model, training_chunk)
         self.updates += 1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -185,3 +187,82 @@ def set_eval_alpha(layer: PopulationStats, alpha: float) -> None:
     that have it."""
     if layer.supports_eval_alpha or alpha > 0:
         layer.eval_alpha = alpha
+
+
+def batch_dependent_buffers(model: nn.Module) -> list[Tensor]:
+    """The running statistics of batch-dependent normlab norm layers, each once.
+
+    Each layer declares them (`population_buffers` of normlab.norms.population.PopulationStats,
+    whatever their names), so every family (BN, ghost BN, batch renorm, ...) is covered without
+    type checks or name guessing; a NormAct is skipped (its inner layer is visited itself).
+    """
+    found: dict[int, Tensor] = {}
+    for module in model.modules():
+        if is_norm_layer(module) and module.batch_dependent and isinstance(module, PopulationStats):
+            for buffer in module.population_tensors():
+                if buffer.is_floating_point():
+                    found.setdefault(id(buffer), buffer)
+    return list(found.values())
+
+
+def average_across_ranks(buffers: list[Tensor]) -> None:
+    """Replace each buffer by its mean over all DDP ranks (a no-op outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    world = dist.get_world_size()
+    for buffer in buffers:
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+        buffer.div_(world)
+
+
+class ReconcileNormBuffers(L.Callback):
+    """Under DDP each rank updates its BN running statistics from its own batches only.
+
+    Before every validation (which is also before the epoch's checkpoint) and at the end of
+    each training epoch, the running_* buffers of batch-dependent norm layers are averaged
+    across ranks with an all-reduce, so evaluation, checkpoints and the saved model use one
+    set of population statistics, the same on every rank. Layers that keep per-virtual-rank
+    state (virtual devices) collapse it to the ranks' mean at the same points.
+    """
+
+    def __init__(self) -> None:
+        self.module: nn.Module | None = None
+        self.resume_by_rank: list[list[Tensor]] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.module = pl_module
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's own statistics, for a checkpoint taken mid-epoch (a cluster's warning
+        signal): rank 0 writes only its own into the model's state, and each rank must resume
+        with its own for the run to continue as an uninterrupted one would."""
+        if self.module is None or not (dist.is_available() and dist.is_initialized()):
+            return {}
+        own = [buffer.detach().cpu() for buffer in batch_dependent_buffers(self.module)]
+        every: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, own)
+        return {"by_rank": every}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resume_by_rank = state_dict.get("by_rank")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        saved, self.resume_by_rank = self.resume_by_rank, None
+        if saved is None or len(saved) != trainer.world_size:
+            return  # an epoch-end checkpoint's statistics are the same on every rank
+        with torch.no_grad():
+            for buffer, value in zip(
+                batch_dependent_buffers(pl_module), saved[trainer.global_rank], strict=True
+            ):
+                buffer.copy_(value)
+
+    def _reconcile(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            average_across_ranks(batch_dependent_buffers(pl_module))
+        reconcile_virtual_ranks(pl_module)  # virtual devices: the same, for emulated ranks
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reconcile(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reconcile(trainer, pl_module)

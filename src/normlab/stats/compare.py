@@ -12,26 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
-from torch import Tensor, nn
 
-from normlab.norms.population import population_layers
+from normlab.norms.population import state_guard
 from normlab.results import compared_metric
 from normlab.stats.callbacks import PreciseBNCallback, statistics_frozen
 from normlab.stats.evaluate import evaluate_accuracy
-
-
-def population_snapshot(model: nn.Module) -> list[Tensor]:
-    """Copies of every population-statistics buffer of `model`, in a fixed order."""
-    return [
-        t.detach().clone() for layer in population_layers(model) for t in layer.population_tensors()
-    ]
-
-
-def restore_population(model: nn.Module, snapshot: list[Tensor]) -> None:
-    """Put back the buffers population_snapshot copied."""
-    tensors = [t for layer in population_layers(model) for t in layer.population_tensors()]
-    for tensor, saved in zip(tensors, snapshot, strict=True):
-        tensor.copy_(saved)
 
 
 class PreciseBNComparison(L.Callback):
@@ -56,13 +41,10 @@ class PreciseBNComparison(L.Callback):
         model = pl_module.model  # type: ignore[attr-defined]
         if trainer.sanity_checking or statistics_frozen(model):
             return
-        own = population_snapshot(model)
-        try:
+        with state_guard(model, population=True) as own:
             for num_samples, estimator in self.estimators.items():
                 estimator.recompute(trainer, pl_module)
                 batches = trainer.datamodule.val_dataloader()  # type: ignore[attr-defined]
                 accuracy = evaluate_accuracy(model, batches, pl_module.device)
                 pl_module.log(compared_metric(num_samples), accuracy, on_epoch=True)
-                restore_population(model, own)
-        finally:
-            restore_population(model, own)
+                own.restore()  # the next estimate starts from the run's own statistics

@@ -10,40 +10,34 @@ import lightning as L
 import torch
 from torch import nn
 
-from normlab.norms.population import population_layers
+from normlab.norms.population import population_layers, state_guard
 from normlab.stats.callbacks import training_loader
 from normlab.stats.precise_bn import update_population_stats
 
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, batches: Iterable[Any], device: torch.device) -> float:
-    """Top-1 accuracy of `model` in eval mode over (inputs, targets) batches."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy of `model` in eval mode over (inputs, targets) batches; the model's
+    train/eval mode is restored afterwards."""
     correct = total = 0
-    try:
+    with state_guard(model, mode=True):
+        model.eval()
         for inputs, targets in batches:
             predictions = model(inputs.to(device)).argmax(dim=1).cpu()
             correct += int((predictions == targets).sum())
             total += len(targets)
-    finally:
-        model.train(was_training)
     return correct / max(total, 1)
 
 
 def accuracy_with_batch_stats(
     model: nn.Module, batches: Iterable[Any], device: torch.device
 ) -> float:
-    """Accuracy when every batch-dependent layer normalizes each evaluation batch by itself."""
-    layers = population_layers(model)
-    saved = [layer.stats_mode for layer in layers]
-    for layer in layers:
-        layer.stats_mode = "batch"
-    try:
+    """Accuracy when every batch-dependent layer normalizes each evaluation batch by itself;
+    the layers' statistics modes are restored afterwards."""
+    with state_guard(model, stats_modes=True):
+        for layer in population_layers(model):
+            layer.stats_mode = "batch"
         return evaluate_accuracy(model, batches, device)
-    finally:
-        for layer, mode in zip(layers, saved, strict=True):
-            layer.stats_mode = mode
 
 
 def train_test_gap(
@@ -72,14 +66,11 @@ def domain_shift_accuracy(
     re-estimated on the shifted training data (AdaBN-style); the model is left unchanged."""
     val_batches = list(target.val_dataloader())
     source = evaluate_accuracy(model, val_batches, device)
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    try:
+    with state_guard(model, state_dict=True):
         available = len(target.train_set)  # type: ignore[attr-defined]
         count = min(num_samples, available - available % batch_size)
         update_population_stats(model, training_loader(target, batch_size, seed), count)
         reestimated = evaluate_accuracy(model, val_batches, device)
-    finally:
-        model.load_state_dict(saved)
     return {
         "target_acc_source_stats": source,
         "target_acc_target_stats": reestimated,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from normlab.data.tensors import NormalizeCollate, TensorImageDataset
-from normlab.norms.population import population_layers
+from normlab.norms.population import population_layers, state_guard
 
 
 def _first_tensor(batch: object) -> Tensor:
@@ -48,12 +48,10 @@ def update_population_stats(model: nn.Module, batches: Iterable[object], num_sam
     layers = population_layers(model)
     if not layers:
         return 0
-    was_training = model.training
-    modes = [layer.stats_mode for layer in layers]
     device = next(model.parameters()).device
-    model.eval()  # dropout and the like off; the layers record batch statistics in eval mode
     seen = 0
-    try:
+    with state_guard(model, mode=True, stats_modes=True):
+        model.eval()  # dropout and the like off; the layers record batch statistics in eval mode
         for layer in layers:
             layer.start_recording()
         for batch in batches:
@@ -75,10 +73,6 @@ def update_population_stats(model: nn.Module, batches: Iterable[object], num_sam
         _all_reduce_moments(layers, device)
         for layer in layers:
             layer.finish_recording()
-    finally:
-        for layer, mode in zip(layers, modes, strict=True):
-            layer.stats_mode = mode
-        model.train(was_training)
     return len(layers)
 
 
