@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from normlab.evaluation import EVAL_FILE, EvalChoices, evaluate_checkpoint
+from normlab.evaluation import EvalChoices, evaluate_checkpoint
+from normlab.run_folder import EVAL_FILE
 from normlab.train import run
 from tests.helpers import compose_config
 

@@ -84,10 +84,9 @@ def test_bad_input_is_only_what_normlabs_own_checks_raise() -> None:
     """A ValueError from a library (the CSV logger's 'dict contains fields not in fieldnames'
     when two processes shared a folder) was recorded bad_input and never retried."""
     from normlab.spec import virtual_devices
-    from tests.helpers import compose_config
 
     with pytest.raises(ValueError) as own:
-        virtual_devices(compose_config(["virtual_devices=0"]))
+        virtual_devices(0)
     assert is_bad_input(own.value)
     with pytest.raises(ValueError) as library:
         _raise_inside_a_library()

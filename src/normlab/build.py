@@ -139,7 +139,7 @@ def build_run(
 def build_harness(cfg: DictConfig, spec: RunSpec, output_dir: Path) -> Harness:
     """The callbacks, loggers and Trainer of a run writing into `output_dir`, and the
     checkpoint it resumes from (normlab.resume)."""
-    resume_point = resume_checkpoint(cfg, output_dir)
+    resume_point = resume_checkpoint(output_dir, cfg.ckpt_path, bool(cfg.resume))
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     callbacks = build_callbacks(
@@ -147,7 +147,7 @@ def build_harness(cfg: DictConfig, spec: RunSpec, output_dir: Path) -> Harness:
     )
     loggers = build_loggers(cfg, output_dir)
     try:
-        args = trainer_args(cfg)
+        args = trainer_args(cfg.trainer)
         plugins = [*cluster_plugins(), *(args.pop("plugins", None) or [])]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())

@@ -426,14 +426,14 @@ def hydra_entry(cfg: DictConfig) -> float | None:
             return None
         sys.exit(1)
     except Exception as error:  # recorded in results.json by run()
-        detail = "" if is_bad_input(error) else f" (traceback in {output_dir / 'error.log'})"
+        detail = "" if is_bad_input(error) else f" (traceback in {RunFolder(output_dir).error_log})"
         print(error_line(f"{error}{detail}"), file=sys.stderr)
         if multirun:
             return None
         sys.exit(1)
     reason = f" ({results['divergence_reason']})" if results.get("divergence_reason") else ""
     if primary:  # other ranks never see the outcome (rank 0 records it)
-        print(f"normlab: {results['status']}{reason}; results in {output_dir / 'results.json'}")
+        print(f"normlab: {results['status']}{reason}; results in {RunFolder(output_dir).results}")
     stopped = take_stop_signal()
     if stopped is not None:  # SIGTERM or Ctrl-C: the whole command stops, later jobs too
         if sweep_dir is not None and primary:
@@ -464,7 +464,7 @@ def finished_job(
     except ValueError as error:  # a folder from before fingerprints, holding another job
         raise FolderHoldsAnotherRun(str(error)) from None
     if done is not None:  # a re-run sweep: this job already has its outcome
-        print(f"normlab: skipped, already {done['status']}: {folder.path / 'results.json'}")
+        print(f"normlab: skipped, already {done['status']}: {folder.results}")
     return done
 
 
@@ -492,6 +492,6 @@ def published_job(
         write_results(folder.path, record)  # type: ignore[arg-type]
     print(
         f"normlab: skipped, already published: {source} holds this job "
-        f"({record['status']}); copied to {folder.path / 'results.json'}"
+        f"({record['status']}); copied to {folder.results}"
     )
     return record  # type: ignore[return-value]

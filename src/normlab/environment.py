@@ -54,10 +54,10 @@ def device_count(trainer_cfg: DictConfig) -> int:
     return max(1, torch.cuda.device_count()) if gpu else 1
 
 
-def world_size(cfg: DictConfig) -> int:
+def world_size(trainer_cfg: DictConfig) -> int:
     """Processes that train together: devices per node x nodes."""
-    nodes = int(cfg.trainer.get("num_nodes", 1) or 1)
-    return device_count(cfg.trainer) * nodes
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    return device_count(trainer_cfg) * nodes
 
 
 def check_devices(trainer_cfg: DictConfig) -> None:
@@ -87,10 +87,10 @@ def effective_strategy(strategy: Any) -> Any:
     return "ddp" if strategy == "ddp_spawn" and slurm_tasks() > 1 else strategy
 
 
-def trainer_args(cfg: DictConfig) -> dict[str, Any]:
-    """Lightning Trainer arguments from `cfg.trainer`, the strategy as effective_strategy says;
-    DDP strategies keep each rank's buffers its own (see ddp_strategy)."""
-    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+def trainer_args(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Lightning Trainer arguments from the `trainer` config, the strategy as
+    effective_strategy says; DDP strategies keep each rank's buffers its own (see ddp_strategy)."""
+    args = OmegaConf.to_container(trainer_cfg, resolve=True)
     assert isinstance(args, dict)
     strategy = effective_strategy(args.get("strategy"))
     if strategy in DDP_START_METHODS:

@@ -21,8 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.checkpoint_io import load_failure
 from normlab.experiment import Experiment, build_experiment, build_target_domain
 from normlab.norms.population import population_layers, state_guard
-from normlab.results import RESULTS_FILE, redact
-from normlab.run_folder import CHECKPOINT_DIR, CHECKPOINT_SUFFIX, CONFIG_FILE, RunFolder
+from normlab.results import redact
+from normlab.run_folder import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_SUFFIX,
+    CONFIG_FILE,
+    EVAL_FILE,
+    LAST_CHECKPOINT,
+    RunFolder,
+)
 from normlab.stats.callbacks import set_eval_alpha, training_loader
 from normlab.stats.evaluate import (
     accuracy_with_batch_stats,
@@ -30,8 +37,6 @@ from normlab.stats.evaluate import (
     evaluate_accuracy,
 )
 from normlab.stats.precise_bn import update_population_stats
-
-EVAL_FILE = "eval_results.json"
 
 
 @dataclass
@@ -139,13 +144,13 @@ def load_experiment(
     cfg = eval_config(saved_cfg, accelerator)
     experiment = build_experiment(cfg)
     experiment.module.load_state_dict(state)
-    experiment.model.to(eval_device(cfg))
+    experiment.model.to(eval_device(cfg.trainer))
     return run_dir, cfg, experiment
 
 
-def eval_device(cfg: DictConfig) -> torch.device:
+def eval_device(trainer_cfg: DictConfig) -> torch.device:
     """The device eval_config chose."""
-    return torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+    return torch.device("cuda" if trainer_cfg.accelerator == "gpu" else "cpu")
 
 
 def evaluate_checkpoint(
@@ -160,7 +165,7 @@ def evaluate_checkpoint(
     given = {"overrides": dict(overrides)} if overrides else {}
     run_dir, cfg, experiment = load_experiment(ckpt_path, overrides)
     out_dir = out_dir or RunFolder(run_dir).eval_dir
-    rows = _evaluate(cfg, experiment, eval_device(cfg), choices)
+    rows = _evaluate(cfg, experiment, eval_device(cfg.trainer), choices)
     axes = _run_axes(run_dir)
     rows = [{**axes, "checkpoint": str(ckpt_path), **given, **row} for row in rows]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,9 +175,10 @@ def evaluate_checkpoint(
 
 def sweep_checkpoints(sweep: Path) -> list[Path]:
     """The last checkpoint of every run below a sweep folder, in folder order."""
-    found = sorted(Path(sweep).rglob("checkpoints/last.ckpt"))
+    last = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}{CHECKPOINT_SUFFIX}"
+    found = sorted(Path(sweep).rglob(last))
     if not found:
-        raise FileNotFoundError(f"sweep={sweep}: no <run>/checkpoints/last.ckpt below it")
+        raise FileNotFoundError(f"sweep={sweep}: no <run>/{last} below it")
     return found
 
 
@@ -199,7 +205,7 @@ RUN_AXES = ("norm", "batch_size", "virtual_devices", "model", "data", "preset", 
 
 
 def _run_axes(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RESULTS_FILE
+    path = RunFolder(run_dir).results
     if not path.is_file():
         return {}
     results = json.loads(path.read_text())
@@ -250,10 +256,8 @@ def _evaluate(
             for layer in capable:
                 set_eval_alpha(layer, 0.0)
     if choices.corruption:
-        shift_cfg = OmegaConf.merge(
-            cfg, {"precise_bn": {"data": {"corruption": choices.corruption}}}
-        )
-        target = build_target_domain(shift_cfg, datamodule)
+        shifted = OmegaConf.merge(cfg.precise_bn, {"data": {"corruption": choices.corruption}})
+        target = build_target_domain(cfg.data, shifted, int(cfg.seed), datamodule)
         assert target is not None
         shift = domain_shift_accuracy(
             model,

@@ -47,7 +47,7 @@ def build_experiment(cfg: DictConfig, spec: RunSpec | None = None) -> Experiment
     )
     check_norm_batch_size(model, batch_size)
     set_virtual_batch_size(model, batch_size if virtual > 1 else None)
-    target = build_target_domain(cfg, datamodule)
+    target = build_target_domain(cfg.data, cfg.precise_bn, int(cfg.seed), datamodule)
     module = Classifier(
         model,
         datamodule.num_classes,
@@ -73,14 +73,17 @@ def check_norm_batch_size(model: nn.Module, batch_size: int) -> None:
             check(batch_size)
 
 
-def build_target_domain(cfg: DictConfig, source: ImageDataModule) -> ImageDataModule | None:
-    """The shifted-domain data set of `precise_bn.data` (None when empty), normalized like the
-    source, so the shift is not undone by its own input statistics."""
-    changes = OmegaConf.to_container(cfg.precise_bn.data, resolve=True)
+def build_target_domain(
+    data_cfg: DictConfig, precise_bn_cfg: DictConfig, seed: int, source: ImageDataModule
+) -> ImageDataModule | None:
+    """The shifted-domain data set of `precise_bn.data` (None when empty): the run's data
+    with those changes, normalized like the source, so the shift is not undone by its own
+    input statistics."""
+    changes = OmegaConf.to_container(precise_bn_cfg.data, resolve=True)
     if not changes:
         return None
-    merged = {**OmegaConf.to_container(cfg.data, resolve=True), **changes}  # type: ignore[dict-item]
-    target = build_datamodule(merged, int(cfg.precise_bn.batch_size), seed=int(cfg.seed))
+    merged = {**OmegaConf.to_container(data_cfg, resolve=True), **changes}  # type: ignore[dict-item]
+    target = build_datamodule(merged, int(precise_bn_cfg.batch_size), seed=seed)
     target.setup("fit")
     target.collate = source.collate
     return target

@@ -6,8 +6,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from normlab.checkpoint_io import unreadable_reason
 from normlab.run_folder import CHECKPOINT_SUFFIX, RunFolder
 
@@ -21,8 +19,8 @@ class ResumePoint:
     fallback: str | None = None
 
 
-def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> ResumePoint:
-    """The checkpoint to resume from.
+def resume_checkpoint(output_dir: Path, requested: str | None, resume: bool) -> ResumePoint:
+    """The checkpoint to resume from (`requested`: the config's ckpt_path; `resume`: its resume).
 
     `ckpt_path=last`: the run folder's checkpoints/last.ckpt (an error if there is none or it
     cannot be read); `ckpt_path=<file>`: that file (likewise); `ckpt_path=null` with
@@ -31,7 +29,6 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> ResumePoint:
     the newest other checkpoint of the folder that does, else to a fresh start, with one line.
     """
     last = RunFolder(output_dir).last_checkpoint
-    requested = cfg.get("ckpt_path")
     if requested:
         chosen = last if requested == "last" else Path(str(requested))
         if not chosen.is_file():
@@ -40,7 +37,7 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> ResumePoint:
         if reason is not None:
             raise ValueError(f"ckpt_path={requested}: {chosen} cannot be read ({reason})")
         return ResumePoint(str(chosen))
-    if not (cfg.get("resume", True) and last.is_file()):
+    if not (resume and last.is_file()):
         return ResumePoint(None)
     reason = unreadable_reason(last)
     if reason is None:

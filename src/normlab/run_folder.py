@@ -84,6 +84,7 @@ WANDB_ID_FILE = "wandb_id.txt"  # the W&B run id, so a resumed run continues its
 CSV_DIR = "csv"  # CSVLogger: csv/metrics.csv (csv/resumed_<k>/ after a resume)
 TENSORBOARD_DIR = "tensorboard"
 EVAL_DIR = "eval"  # eval.py's results for the folder's checkpoints
+EVAL_FILE = "eval_results.json"  # eval/eval_results.json: one row per statistics choice
 OPERATIONAL_KEYS = (
     "resume",
     "published_records",
@@ -292,6 +293,10 @@ class RunFolder:
     @property
     def eval_dir(self) -> Path:
         return self.path / EVAL_DIR
+
+    @property
+    def eval_results(self) -> Path:
+        return self.eval_dir / EVAL_FILE
 
     @property
     def lock_file(self) -> Path:

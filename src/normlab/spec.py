@@ -60,8 +60,8 @@ def run_spec(cfg: DictConfig) -> RunSpec:
         norm=name,
         norm_params=params,
         batch_size=int(cfg.batch_size),
-        virtual_devices=virtual_devices(cfg),
-        world_size=world_size(cfg),
+        virtual_devices=virtual_devices(cfg.virtual_devices),
+        world_size=world_size(cfg.trainer),
         accumulate=int(cfg.trainer.get("accumulate_grad_batches", 1) or 1),
         base_lr=float(cfg.optim.lr),
         ref_batch_size=None if ref is None else int(ref),
@@ -76,9 +76,8 @@ def norm_params(norm_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     return str(name), {str(k): v for k, v in params.items()}
 
 
-def virtual_devices(cfg: DictConfig) -> int:
-    """`virtual_devices`: DDP ranks of batch_size emulated in each process (1: off)."""
-    value = cfg.get("virtual_devices", 1)
+def virtual_devices(value: Any) -> int:
+    """`virtual_devices`, checked: DDP ranks of batch_size emulated in each process (1: off)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
             f"virtual_devices must be an int >= 1 (ranks of batch_size emulated in one process), "

@@ -52,32 +52,32 @@ def build_datamodule(
 
 
 def _build(
-    name: str, cfg: dict[str, Any], batch_size: int, seed: int, virtual_devices: int
+    name: str, data_cfg: dict[str, Any], batch_size: int, seed: int, virtual_devices: int
 ) -> ImageDataModule:
     options = LoaderOptions(
         batch_size=int(batch_size),
         virtual_devices=int(virtual_devices),
-        eval_batch_size=cfg.pop("eval_batch_size", None),
-        num_workers=int(cfg.pop("num_workers", 0) or 0),
-        train_samples=cfg.pop("train_samples", None),
-        val_samples=cfg.pop("val_samples", None),
-        holdout_samples=int(cfg.pop("holdout_samples", 0) or 0),
+        eval_batch_size=data_cfg.pop("eval_batch_size", None),
+        num_workers=int(data_cfg.pop("num_workers", 0) or 0),
+        train_samples=data_cfg.pop("train_samples", None),
+        val_samples=data_cfg.pop("val_samples", None),
+        holdout_samples=int(data_cfg.pop("holdout_samples", 0) or 0),
         seed=seed,
     )
     if name == "digits":
-        return DigitsDataModule(options, **cfg)
+        return DigitsDataModule(options, **data_cfg)
     if name in ("cifar10", "cifar100"):
-        return CifarDataModule(options, classes=int(name[5:]), **cfg)
+        return CifarDataModule(options, classes=int(name[5:]), **data_cfg)
     if name == "synthetic":
-        return SyntheticDataModule(options, **cfg)
-    augment = cfg.pop("augment", "cifar")
+        return SyntheticDataModule(options, **data_cfg)
+    augment = data_cfg.pop("augment", "cifar")
     if augment not in AUGMENTS:
         raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")
-    if not cfg.get("root"):
+    if not data_cfg.get("root"):
         raise ValueError("data=folder needs data.root=<folder with train/ and val/ or test/>")
     if augment == "imagenet":
-        cfg.pop("cache_dir", None)
-        return FolderStreamDataModule(options, **cfg)
-    cfg.pop("image_size", None)
-    cache_dir = cfg.pop("cache_dir", None) or str(default_cache_dir() / "decoded")
-    return FolderTensorDataModule(options, cfg["root"], cache_dir, augment=augment == "cifar")
+        data_cfg.pop("cache_dir", None)
+        return FolderStreamDataModule(options, **data_cfg)
+    data_cfg.pop("image_size", None)
+    cache_dir = data_cfg.pop("cache_dir", None) or str(default_cache_dir() / "decoded")
+    return FolderTensorDataModule(options, data_cfg["root"], cache_dir, augment=augment == "cifar")

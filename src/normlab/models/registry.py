@@ -49,10 +49,10 @@ def _resolve_stem(stem: str, image_size: int) -> str:
     return stem
 
 
-def _check_keys(cfg: Mapping[str, Any], source: str) -> None:
+def _check_keys(model_cfg: Mapping[str, Any], source: str) -> None:
     """Refuse keys that the schema of `source` models (config.schemas.MODEL_SCHEMAS) lacks."""
     valid = sorted(field_names(MODEL_SCHEMAS[source]))
-    unknown = sorted(set(cfg) - set(valid))
+    unknown = sorted(set(model_cfg) - set(valid))
     if unknown:
         raise ValueError(
             f"unknown {source} model option(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
@@ -94,14 +94,18 @@ def _inputs_channels_last(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any
 
 
 def _build(
-    cfg: dict[str, Any], norm: NormFactory, num_classes: int, in_channels: int, image_size: int
+    model_cfg: dict[str, Any],
+    norm: NormFactory,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
 ) -> nn.Module:
-    source = cfg.get("source", "normlab")
-    name = cfg.get("name")
-    activation = cfg.get("activation", "relu")
+    source = model_cfg.get("source", "normlab")
+    name = model_cfg.get("name")
+    activation = model_cfg.get("activation", "relu")
     if source not in MODEL_SCHEMAS:
         raise ValueError(f"model.source must be {' or '.join(MODEL_SCHEMAS)}, got '{source}'")
-    _check_keys(cfg, source)
+    _check_keys(model_cfg, source)
     if source == "timm":
         return build_timm_model(
             str(name),
@@ -109,7 +113,7 @@ def _build(
             num_classes,
             in_channels,
             activation,
-            **dict(cfg.get("timm_kwargs") or {}),
+            **dict(model_cfg.get("timm_kwargs") or {}),
         )
     if name not in RESNETS:
         raise ValueError(
@@ -117,7 +121,7 @@ def _build(
             "(timm backbones: model=timm model.name=<timm name>)"
         )
     layout = RESNETS[name]
-    preact = bool(cfg.get("preact", False))
+    preact = bool(model_cfg.get("preact", False))
     if preact and layout.block != "basic":
         raise ValueError(f"model.preact=true is available for basic-block ResNets, not {name}")
     block = PreActBasicBlock if preact else (BasicBlock if layout.block == "basic" else Bottleneck)
@@ -127,10 +131,10 @@ def _build(
         layout.widths,
         num_classes,
         norm,
-        conv_factory(bool(cfg.get("weight_standardization", False))),
+        conv_factory(bool(model_cfg.get("weight_standardization", False))),
         in_channels=in_channels,
-        stem=_resolve_stem(cfg.get("stem", "auto"), image_size),
+        stem=_resolve_stem(model_cfg.get("stem", "auto"), image_size),
         activation=activation,
-        shortcut=cfg.get("shortcut") or layout.shortcut,
-        zero_init_last=bool(cfg.get("zero_init_last", False)),
+        shortcut=model_cfg.get("shortcut") or layout.shortcut,
+        zero_init_last=bool(model_cfg.get("zero_init_last", False)),
     )
