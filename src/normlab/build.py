@@ -127,7 +127,7 @@ def build_run(
     check_logger_packages(cfg.logger)
     experiment = build_experiment(cfg, spec)
     check_precise_bn_samples(int(cfg.precise_bn.num_samples), experiment.datamodule)
-    for num_samples in cfg.precise_bn.get("compare_samples") or []:
+    for num_samples in cfg.precise_bn.compare_samples:
         check_precise_bn_samples(
             int(num_samples), experiment.datamodule, "precise_bn.compare_samples"
         )
@@ -215,11 +215,11 @@ def run_axes(cfg: DictConfig, spec: RunSpec | None = None) -> RunResult:
         "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),
         "eval_stats": str(cfg.eval_stats),
         "eval_alpha": float(cfg.eval_alpha),
-        "preset": cfg.get("preset"),
+        "preset": cfg.preset,
         "overrides": job_overrides(),
         "precision": str(cfg.trainer.get("precision", "32-true")),
         "max_epochs": cfg.trainer.get("max_epochs"),
-        "memory_format": "channels_last" if cfg.model.get("channels_last") else "contiguous",
+        "memory_format": "channels_last" if cfg.model.channels_last else "contiguous",
         "provenance": dict(provenance(cfg.trainer.get("accelerator", "cpu"))),
     }
 

@@ -47,8 +47,7 @@ def build_callbacks(
     throughput = ThroughputMonitor(int(cfg.batch_size) * virtual_devices, world_size)
     history = MetricHistory()
     clock = RunClock()
-    debug = cfg.get("debug") or {}
-    stop_after = debug.get("stop_after_epochs")
+    stop_after = cfg.debug.stop_after_epochs
     ckpt = cfg.callbacks.checkpoint
     saving = ckpt.get("enabled", True) and ckpt.get("save_last", True)
     folder = RunFolder(output_dir)
@@ -61,7 +60,7 @@ def build_callbacks(
         history,
         EpochSeeding(int(cfg.seed)),
         ReconcileNormBuffers(),
-        FitSummary(folder.fit_summary, history, throughput, stoppers, clock, debug.get("option")),
+        FitSummary(folder.fit_summary, history, throughput, stoppers, clock, cfg.debug.option),
         clock,
         HandBackLoaderState(),
         *stoppers,
@@ -122,7 +121,7 @@ def statistics_callbacks(
             num_samples, int(cfg.precise_bn.batch_size), int(cfg.seed), virtual_devices
         )
         callbacks.append(precise)
-    compare = [int(n) for n in cfg.precise_bn.get("compare_samples") or []]
+    compare = [int(n) for n in cfg.precise_bn.compare_samples]
     if compare:
         if world_size > 1:
             raise ValueError(

@@ -77,9 +77,9 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
             write_results(output_dir, results)
         spawned = effective_strategy(cfg.trainer.get("strategy")) == "ddp_spawn"
         ranks = device_count(cfg.trainer) if spawned else 1  # spawned ranks share this job's cores
-        results["threads"] = configure_threads(cfg.get("threads"), ranks)
+        results["threads"] = configure_threads(cfg.threads, ranks)
         check_devices(cfg.trainer)  # refused before the config is printed
-        if primary and cfg.get("print_config", True):
+        if primary and cfg.print_config:
             print_config(cfg)
         if primary:
             resolved = redact(OmegaConf.to_container(cfg, resolve=True))
@@ -144,7 +144,7 @@ def fit_results(cfg: DictConfig, parts: Run, output_dir: Path) -> RunResult:
         **({"resume_fallback": parts.resume_fallback} if parts.resume_fallback else {}),
         "num_params": sum(p.numel() for p in parts.model.parameters()),
     }
-    compared = cfg.precise_bn.get("compare_samples") or []
+    compared = cfg.precise_bn.compare_samples
     if compared:
         results["precise_bn_compare"] = {
             str(int(n)): _last(history, compared_metric(int(n))) for n in compared
