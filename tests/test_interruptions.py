@@ -19,20 +19,11 @@ import torch
 
 import normlab.build
 from normlab.interruptions import REQUEUE, SignalCheckpoint
-from tests.helpers import run_in_process
+from tests.helpers import run_in_process, shrunk
 
 # 4 steps per epoch, 2 epochs; the signal arrives during step 5 (epoch 1, its second batch)
-SMALL = [
-    "trainer.max_epochs=2",
-    "data.train_samples=128",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-    "batch_size=32",
-    "logger=csv",
-    "callbacks.progress=none",
-    "print_config=false",
-    "threads=1",
-]
+SMALL = shrunk("trainer.max_epochs=2", "data.train_samples=128", "batch_size=32", "logger=csv",
+               "threads=1")  # fmt: skip
 SIGNAL_STEP = 5
 
 
