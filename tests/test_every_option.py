@@ -97,6 +97,7 @@ def _check_the_build_reflects(option: str, run: Any) -> None:
         assert DEBUG[choice](run.trainer), option
 
 
+@pytest.mark.fast  # in-process: make test-fast (the presets' training below is not)
 @pytest.mark.parametrize(
     "option", [f"{g}={o}" for g in GROUPS for o in group_choices(CONF_DIR, g) or []]
 )

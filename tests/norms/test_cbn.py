@@ -15,6 +15,8 @@ from normlab.models.binding import bind_norms_to_convs
 from normlab.norms import build_norm, norm_factory
 from tests.helpers import sgd_steps
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def conv_cbn(
     window: int = 3, burnin: int = 0, rho: float = 1.0, dtype: torch.dtype = torch.float32

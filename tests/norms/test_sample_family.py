@@ -13,6 +13,8 @@ from normlab.norms import build_norm, get_norm_spec, norm_factory
 from normlab.norms.proxy import midpoint_quantiles
 from tests.helpers import sgd_steps
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 FUSED = ["proxy_ln", "proxy_gn", "evonorm_s0", "frn"]
 
 
