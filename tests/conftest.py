@@ -4,13 +4,12 @@ the CI machine."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import REPO_ROOT, shrunk
+from tests.helpers import REPO_ROOT, Shrink, shrunk
 
 # Two threads, as on the CI machine; one per worker when pytest-xdist runs tests in parallel
 # (`make test` runs two workers), inherited by the train.py subprocesses: oversubscribed
@@ -23,7 +22,7 @@ else:
 
 
 @pytest.fixture(scope="session")
-def shrink() -> Callable[..., list[str]]:
+def shrink() -> Shrink:
     """The Hydra overrides that make a run tiny: `shrink()` is tests.helpers.SHRINK (one epoch of
     64 digits, 64 to validate, no sanity pass, quiet); `shrink("batch_size=16", ...)` adds a
     test's own, replacing those of the same key; `shrink(without=["trainer.max_epochs"])` leaves

@@ -4,13 +4,12 @@ every paper preset at both scales trains two steps on a tiny generated ImageFold
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from torchvision.io import write_jpeg
 
-from normlab.build import build_run
+from normlab.build import Run, build_run
 from normlab.cli import group_choices
 from normlab.norms import get_norm_spec
 from tests.helpers import CONF_DIR, Shrink, compose_config
@@ -73,6 +72,7 @@ def _data_overrides(option: str, tree: Path) -> list[str]:
 # What the built run of an option shows of it, for the groups where one object holds it.
 LOGGERS = {"none": set(), "csv": {"CSVLogger"}, "tensorboard": {"CSVLogger", "TensorBoardLogger"},
            "wandb": {"CSVLogger", "WandbLogger"}}  # fmt: skip
+CONVS = {"resnet20": 19, "resnet56": 55, "resnet110": 109, "resnet18": 20, "resnet50": 53}
 DEBUG = {
     "fdr": lambda t: bool(t.fast_dev_run),
     "limit": lambda t: t.limit_train_batches == 3,  # its epochs: the tiny run's
@@ -82,13 +82,17 @@ DEBUG = {
 }
 
 
-def _check_the_build_reflects(option: str, run: Any) -> None:
+def _check_the_build_reflects(option: str, run: Run) -> None:
     """The option is in the built objects: the norm's own layer class in the model, the
-    loggers, the trainer's devices, the debug settings; any other group builds at all."""
+    model's depth (its convolutions), the loggers, the trainer's devices, the debug settings;
+    an option of another group (timm's model too) builds at all."""
     group, choice = option.split("=", 1)
     if group == "norm":
         layer = get_norm_spec(choice).layer
         assert any(isinstance(m, layer) for m in run.model.modules()), (option, layer)
+    elif group == "model" and choice in CONVS:
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in run.model.modules())
+        assert convs == CONVS[choice], (option, convs)
     elif group == "logger":
         assert {type(logger).__name__ for logger in run.loggers} == LOGGERS[choice]
     elif group == "trainer":
