@@ -12,7 +12,7 @@ from normlab.results import read_results
 from tests.helpers import CONF_DIR, compose_config, run_in_process, shrunk
 
 # 64 digits in batches of 16: 4 training steps per epoch, one validation batch.
-# the debug options set their own epoch counts and sanity passes
+# no epoch count: the debug options set their own (and the sanity pass stays the config's)
 TINY = shrunk("data.val_samples=32", "batch_size=16", "threads=1", "callbacks.checkpoint.enabled=false",
               "logger=none", without=["trainer.max_epochs", "trainer.num_sanity_val_steps"])  # fmt: skip
 
