@@ -32,17 +32,11 @@ install: $(STAMP) ## create .venv and install normlab (editable) with dev extras
 train: $(STAMP) ## run the default job (real digits data, CPU); extra overrides via ARGS="..."
 	$(BIN)/python train.py $(ARGS)
 
-# In-process tests only (layers, models, statistics, optimizer, config, report): the edit loop.
-FAST_TESTS := tests/norms tests/models tests/stats/test_population.py tests/stats/test_precise_fast.py \
-	tests/stats/test_precise_bn_virtual.py tests/test_optim.py tests/test_config.py tests/test_lit.py \
-	tests/test_runtime.py tests/test_report.py tests/test_diagnostics.py tests/test_papers.py \
-	tests/test_plots.py tests/test_paper_report.py tests/test_folder_cache.py \
-	tests/test_slurm_request.py tests/test_spec.py tests/test_every_option.py::test_every_option_of_every_group_builds \
-	tests/test_run_records.py::test_records_hold_no_path_of_the_machine_and_give_back_the_sweep \
-	tests/test_run_records.py::test_bad_records_are_refused_in_one_line
-
-test-fast: $(STAMP) ## in-process tests only, about 1 minute on 2 cores (no train.py subprocesses)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow" $(FAST_TESTS) $(ARGS)
+# The edit loop: the tests marked `fast` (in-process: layers, models, statistics, optimizer,
+# config, report; no train.py subprocess). Mark a module with `pytestmark = pytest.mark.fast`,
+# a single test with `@pytest.mark.fast` (the marker is declared in pyproject.toml).
+test-fast: $(STAMP) ## the tests marked fast (in-process, no train.py subprocesses): about 1 minute on 2 cores
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "fast and not slow" $(ARGS)
 
 test: $(STAMP) ## the test suite CI runs (every test but the slow and cluster ones)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not cluster" $(ARGS)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import compose_config, run_train
+from tests.helpers import Shrink, compose_config, run_train, shrunk
 
-FAST = ["trainer.max_epochs=1", "data.train_samples=64", "logger=none"]
+# refused before training: only the epoch and training-set sizes of the tiny run
+FAST = shrunk("logger=none", without=["data.val_samples", "trainer.num_sanity_val_steps",
+                                      "callbacks.progress", "print_config"])  # fmt: skip
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -95,12 +97,12 @@ def test_run_errors_are_user_errors_before_training(
 
 @pytest.mark.parametrize("epochs", [0, -3])
 def test_an_epoch_count_that_trains_nothing_is_refused_before_training(
-    tmp_path: Path, epochs: int
+    tmp_path: Path, epochs: int, shrink: Shrink
 ) -> None:
     from tests.helpers import run_in_process
 
-    overrides = ["data.train_samples=32", "data.val_samples=16", "threads=1",
-                 "callbacks.progress=none", "print_config=false", f"trainer.max_epochs={epochs}"]  # fmt: skip
+    overrides = shrink("data.train_samples=32", "data.val_samples=16", "threads=1",
+                       f"trainer.max_epochs={epochs}", without=["trainer.num_sanity_val_steps"])  # fmt: skip
     with pytest.raises(ValueError, match="trainer.max_epochs must be a positive integer"):
         run_in_process(overrides, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())

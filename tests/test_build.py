@@ -14,17 +14,9 @@ import torch
 from normlab.build import build_run
 from normlab.callbacks import FitSummary, extra_callbacks
 from normlab.environment import effective_strategy
-from tests.helpers import compose_config, run_train
+from tests.helpers import compose_config, run_train, shrunk
 
-TINY = [
-    "trainer.max_epochs=1",
-    "data.train_samples=64",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-    "callbacks.progress=none",
-    "print_config=false",
-    "logger=none",
-]
+TINY = shrunk("logger=none")
 
 
 class Recorder(L.Callback):
@@ -123,8 +115,6 @@ def test_early_stopping_from_the_command_line_stops_the_run_early(tmp_path: Path
     cfg = compose_config(
         [
             *TINY,
-            "callbacks.progress=none",
-            "print_config=false",
             "trainer.max_epochs=6",
             f"{stop}._target_=lightning.pytorch.callbacks.EarlyStopping",
             f"{stop}.monitor=val/acc",

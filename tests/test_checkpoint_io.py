@@ -16,18 +16,9 @@ import pytest
 import torch
 
 from normlab.checkpoint_io import save_atomically, unreadable_reason
-from tests.helpers import run_in_process
+from tests.helpers import run_in_process, shrunk
 
-TWO_EPOCHS = [
-    "data.train_samples=64",
-    "data.val_samples=32",
-    "batch_size=16",
-    "threads=1",
-    "callbacks.progress=none",
-    "print_config=false",
-    "trainer.max_epochs=2",
-    "trainer.num_sanity_val_steps=0",
-]
+TWO_EPOCHS = shrunk("data.val_samples=32", "batch_size=16", "threads=1", "trainer.max_epochs=2")
 
 
 def stopped_after_one_epoch(folder: Path) -> dict:

@@ -23,6 +23,8 @@ from normlab.config.schemas import (
 )
 from tests.helpers import CONF_DIR
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 register_resolvers()
 GROUPS = sorted(
     p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment_scale")

@@ -9,19 +9,12 @@ import pytest
 
 from normlab.cli import check_config_overrides, check_group_overrides
 from normlab.results import read_results
-from tests.helpers import CONF_DIR, compose_config, run_in_process
+from tests.helpers import CONF_DIR, compose_config, run_in_process, shrunk
 
 # 64 digits in batches of 16: 4 training steps per epoch, one validation batch.
-TINY = [
-    "data.train_samples=64",
-    "data.val_samples=32",
-    "batch_size=16",
-    "threads=1",
-    "callbacks.progress=none",
-    "callbacks.checkpoint.enabled=false",
-    "print_config=false",
-    "logger=none",
-]
+# no epoch count: the debug options set their own (and the sanity pass stays the config's)
+TINY = shrunk("data.val_samples=32", "batch_size=16", "threads=1", "callbacks.checkpoint.enabled=false",
+              "logger=none", without=["trainer.max_epochs", "trainer.num_sanity_val_steps"])  # fmt: skip
 
 
 def _run(overrides: list[str], output_dir: Path) -> dict:

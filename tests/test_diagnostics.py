@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from normlab.diagnostics import gradient_norms, power_decomposition, probe_layers
 from normlab.models import build_model
 from normlab.norms import build_norm, norm_factory
+
+pytestmark = pytest.mark.fast  # in-process: make test-fast
 
 
 def test_power_terms_sum_to_the_total_power() -> None:

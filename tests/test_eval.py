@@ -11,18 +11,26 @@ import torch
 from normlab.evaluation import EvalChoices, evaluate_checkpoint
 from normlab.run_folder import EVAL_FILE
 from normlab.train import run
-from tests.helpers import compose_config
-
-TINY = ["trainer.max_epochs=1", "data.train_samples=256", "data.val_samples=128", "batch_size=16",
-        "trainer.num_sanity_val_steps=0", "callbacks.progress=none", "print_config=false", "logger=none"]  # fmt: skip
+from tests.helpers import Shrink, compose_config
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def trained(tmp_path_factory: pytest.TempPathFactory, shrink: Shrink) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("run")
     threads = torch.get_num_threads()
     results = run(
-        compose_config([*TINY, "norm=batch_group", "norm.groups=4", "eval_batch_size=64"]), folder
+        compose_config(
+            shrink(
+                "data.train_samples=256",
+                "data.val_samples=128",
+                "batch_size=16",
+                "logger=none",
+                "norm=batch_group",
+                "norm.groups=4",
+                "eval_batch_size=64",
+            )
+        ),
+        folder,
     )
     torch.set_num_threads(threads)
     return folder, results

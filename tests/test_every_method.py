@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from normlab.models import build_model
 from normlab.models.timm_backbone import foreign_norm_layers
@@ -15,8 +14,8 @@ from normlab.norms import (
     get_norm_spec,
     is_norm_layer,
     norm_factory,
-    notify_optimizer_step,
 )
+from tests.helpers import sgd_steps
 
 # Parameters that make a method usable at the tiny test batch of 2 or 4.
 SMALL_BATCH = {"ghost_bn": {"ghost_batch_size": 2}}
@@ -91,18 +90,8 @@ def test_method_trains_resnet20_on_cifar10(
     images, labels = cifar_batch
     torch.manual_seed(0)
     model = build_model({"name": "resnet20"}, norm_factory(name, **SMALL_BATCH.get(name, {})), 10)
-    steps = 40
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        notify_optimizer_step(model)
-        losses.append(loss.item())
+    losses = sgd_steps(
+        model, images, labels, steps=40, lr=0.1, momentum=0.9, clip_norm=1.0, cosine=True
+    )
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:3]) / 3, f"{name}: loss did not fall: {losses}"

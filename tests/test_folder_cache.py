@@ -12,6 +12,8 @@ from torchvision.io import write_jpeg
 
 from normlab.data import folder as folder_module
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def tiny_tree(root: Path) -> Path:
     for label in ("a", "b"):

@@ -19,20 +19,11 @@ import torch
 
 import normlab.build
 from normlab.interruptions import REQUEUE, SignalCheckpoint
-from tests.helpers import run_in_process
+from tests.helpers import run_in_process, shrunk
 
 # 4 steps per epoch, 2 epochs; the signal arrives during step 5 (epoch 1, its second batch)
-SMALL = [
-    "trainer.max_epochs=2",
-    "data.train_samples=128",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-    "batch_size=32",
-    "logger=csv",
-    "callbacks.progress=none",
-    "print_config=false",
-    "threads=1",
-]
+SMALL = shrunk("trainer.max_epochs=2", "data.train_samples=128", "batch_size=32", "logger=csv",
+               "threads=1")  # fmt: skip
 SIGNAL_STEP = 5
 
 
@@ -147,19 +138,29 @@ class _FakeTrainer:
     should_stop = False
 
 
-def test_a_requeue_that_slurm_already_did_exits_instead_of_failing() -> None:
+def test_a_requeue_that_slurm_already_did_exits_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Preemption with the job's own signal: SLURM requeues the job, so submitit's
     `scontrol requeue` fails ("Job is pending execution"); the job must exit for the requeue,
     not record a failure."""
+    called = []
 
     def submitit_handler(signum: int, frame: Any) -> None:
+        called.append(signum)
         raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "7"])
 
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
     callback = SignalCheckpoint(None, slurm=True)
+    assert callback.actions()[signal.SIGUSR2] == REQUEUE  # USR2: submitit's requeue signal
     callback.previous[signal.SIGUSR2] = submitit_handler
-    with pytest.raises(SystemExit):
-        callback._hand_over(_FakeTrainer(), signal.SIGUSR2)  # type: ignore[arg-type]
-    assert REQUEUE > 0
+    trainer = _FakeTrainer()
+    with pytest.raises(SystemExit) as exit_:
+        callback._hand_over(trainer, signal.SIGUSR2)  # type: ignore[arg-type]
+    assert called == [signal.SIGUSR2], "submitit's own handler is tried first"
+    assert exit_.value.code == -1  # the code submitit's requeue exits with, not an error
+    assert not callback.interrupted and not trainer.should_stop  # no stop for a later resume
+    assert "SLURM requeues this job itself" in capsys.readouterr().out
 
 
 def test_without_submitit_the_requeue_signal_stops_the_run() -> None:

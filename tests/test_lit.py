@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from normlab.lit import Classifier, guard_optimizer, optimizer_step_hooks
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
 SCHED = {"name": "step", "warmup_epochs": 0, "milestones": []}  # a constant rate
 

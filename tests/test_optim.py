@@ -16,6 +16,8 @@ from normlab.optim import (
     split_parameters,
 )
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 CFG = {"name": "sgd", "momentum": 0.0, "weight_decay": 0.1, "nesterov": False}
 
 

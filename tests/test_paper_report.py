@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from normlab.report import collect_results, write_report
 from normlab.results import write_results
+
+pytestmark = pytest.mark.fast  # in-process: make test-fast
 
 
 def make_gn_sweep(folder: Path) -> None:

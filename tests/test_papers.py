@@ -10,6 +10,8 @@ import pytest
 from normlab.aggregate import flatten_norm_params, format_cell, seed_summary
 from normlab.papers import CLAIM_KINDS, check_claim, check_claims, claims, papers, published_rows
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def runs(rows: list[tuple[str, int, int, str, float | None]]) -> pd.DataFrame:
     return pd.DataFrame(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from normlab.plots import (
     epoch_curves,
@@ -12,6 +13,8 @@ from normlab.plots import (
     plot_accuracy_vs_batch,
     plot_diagnostics_by_depth,
 )
+
+pytestmark = pytest.mark.fast  # in-process: make test-fast
 
 
 def sweep_rows(batch_sizes: tuple[int, ...]) -> pd.DataFrame:

@@ -11,19 +11,9 @@ from pathlib import Path
 import pytest
 
 from normlab.provenance import provenance_summary
-from tests.helpers import run_in_process
+from tests.helpers import Shrink, run_in_process
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.train_samples=64",
-    "data.val_samples=32",
-    "batch_size=16",
-    "threads=1",
-    "callbacks.progress=none",
-    "callbacks.checkpoint.enabled=false",
-    "trainer.max_epochs=1",
-    "print_config=false",
-]
 
 
 def git(*args: str) -> str:
@@ -41,9 +31,11 @@ def git(*args: str) -> str:
     ],
 )  # fmt: skip
 def test_a_run_records_code_torch_device_precision_and_layout(
-    tmp_path: Path, overrides: list[str], precision: str, memory_format: str
+    tmp_path: Path, overrides: list[str], precision: str, memory_format: str, shrink: Shrink
 ) -> None:
-    results = run_in_process([*TINY, *overrides], tmp_path / "run")
+    tiny = shrink("data.val_samples=32", "batch_size=16", "threads=1",
+                  "callbacks.checkpoint.enabled=false", without=["trainer.num_sanity_val_steps"])  # fmt: skip
+    results = run_in_process([*tiny, *overrides], tmp_path / "run")
     assert results["status"] == "completed"
     assert results["precision"] == precision and results["memory_format"] == memory_format
     origin = results["provenance"]

@@ -7,33 +7,24 @@ import json
 from pathlib import Path
 
 from normlab.run_records import export_records
-from tests.helpers import REPO_ROOT, run_train
-
-TINY = [
-    "trainer.max_epochs=1",
-    "data.train_samples=64",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-    "logger=none",
-    "threads=1",
-    "preset=tiny",
-]
+from tests.helpers import REPO_ROOT, Shrink, run_train
 
 
 def _read(folder: Path) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
-def test_a_fresh_sweep_runs_only_the_jobs_the_records_lack(tmp_path: Path) -> None:
+def test_a_fresh_sweep_runs_only_the_jobs_the_records_lack(tmp_path: Path, shrink: Shrink) -> None:
     records = tmp_path / "records"
-    first = run_train(["-m", *TINY, "seed=0", f"published_records={records}"], tmp_path / "a")
+    tiny = shrink("logger=none", "threads=1", "preset=tiny")
+    first = run_train(["-m", *tiny, "seed=0", f"published_records={records}"], tmp_path / "a")
     assert first.returncode == 0, first.stderr[-2000:]
     export_records(tmp_path / "a" / "sweep", records / "tiny.jsonl", REPO_ROOT)
     published = [json.loads(line) for line in (records / "tiny.jsonl").read_text().splitlines()]
     assert all(len(record["fingerprint"]) == 64 for record in published)
 
     # A fresh machine (no sweep folder) extends the comparison with seed 1: only it runs.
-    fresh = run_train(["-m", *TINY, "seed=0,1", f"published_records={records}"], tmp_path / "b")
+    fresh = run_train(["-m", *tiny, "seed=0,1", f"published_records={records}"], tmp_path / "b")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert fresh.stdout.count("normlab: skipped, already published: ") == 1
     assert (
@@ -51,7 +42,7 @@ def test_a_fresh_sweep_runs_only_the_jobs_the_records_lack(tmp_path: Path) -> No
 
     # Other settings are never taken from a record: another lr runs.
     other = run_train(
-        ["-m", *TINY, "seed=0", "optim.lr=0.05", f"published_records={records}"], tmp_path / "c"
+        ["-m", *tiny, "seed=0", "optim.lr=0.05", f"published_records={records}"], tmp_path / "c"
     )
     assert other.returncode == 0, other.stderr[-2000:]
     assert "1 launched, 0 skipped" in other.stdout

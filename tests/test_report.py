@@ -17,6 +17,8 @@ from normlab.report import (
 )
 from normlab.results import write_results
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def make_sweep(folder: Path) -> None:
     runs = [

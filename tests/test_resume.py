@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_in_process
+from tests.helpers import run_in_process, shrunk
 
-SMALL = [
-    "trainer.max_epochs=2",
-    "data.train_samples=128",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-    "model=resnet20",
-    "batch_size=32",
-    "logger=csv",
-    "callbacks.progress=none",
-    "print_config=false",
-]
+SMALL = shrunk("trainer.max_epochs=2", "data.train_samples=128", "model=resnet20", "batch_size=32",
+               "logger=csv")  # fmt: skip
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -22,18 +22,9 @@ from normlab.run_folder import (
     RunFolder,
     fingerprint,
 )
-from tests.helpers import REPO_ROOT, compose_config, run_in_process, run_train
+from tests.helpers import REPO_ROOT, compose_config, run_in_process, run_train, shrunk
 
-SMALL = [
-    "data.train_samples=64",
-    "data.val_samples=32",
-    "batch_size=16",
-    "threads=1",
-    "callbacks.progress=none",
-    "print_config=false",
-    "trainer.max_epochs=1",
-    "trainer.num_sanity_val_steps=0",
-]
+SMALL = shrunk("data.val_samples=32", "batch_size=16", "threads=1")
 Snapshot = dict[str, tuple[bytes, int] | None]
 
 

@@ -43,6 +43,7 @@ def make_sweep(root: Path) -> Path:
     return sweep
 
 
+@pytest.mark.fast  # in-process: make test-fast
 def test_records_hold_no_path_of_the_machine_and_give_back_the_sweep(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path)
     records = tmp_path / "published" / "sweep.jsonl"
@@ -62,6 +63,7 @@ def test_records_hold_no_path_of_the_machine_and_give_back_the_sweep(tmp_path: P
     assert write_report(again)["markdown"].read_text().startswith("runs: 3 (2 completed, 1 failed)")
 
 
+@pytest.mark.fast
 def test_bad_records_are_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no run records"):
         load_records(tmp_path / "missing.jsonl")

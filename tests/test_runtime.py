@@ -15,6 +15,8 @@ from normlab.runtime import (
     resolve_threads,
 )
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 EIGHT = set(range(8))
 
 

@@ -8,20 +8,14 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers import run_train
+from tests.helpers import Shrink, run_train
 
 SECRETS = {"WANDB_API_KEY": "secret-xyz-123", "NORMLAB_TEST_TOKEN": "tok-abc-98765"}
-TINY = [
-    "trainer.max_epochs=1",
-    "data.train_samples=64",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-]
 
 
-def test_secrets_never_written_to_the_run_folder(tmp_path: Path) -> None:
+def test_secrets_never_written_to_the_run_folder(tmp_path: Path, shrink: Shrink) -> None:
     env = {**SECRETS, "WANDB_MODE": "offline"}
-    result = run_train([*TINY, "logger=wandb"], tmp_path, env=env)
+    result = run_train(shrink("logger=wandb"), tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "wandb").is_dir()
     for value in SECRETS.values():
@@ -41,12 +35,12 @@ class _Payload:
         return (os.system, (f"touch {self.path}",))
 
 
-def test_resume_refuses_a_checkpoint_with_code(tmp_path: Path) -> None:
+def test_resume_refuses_a_checkpoint_with_code(tmp_path: Path, shrink: Shrink) -> None:
     marker = tmp_path / "pwned"
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.save({"state_dict": {}, "payload": _Payload(marker)}, checkpoints / "last.ckpt")
-    result = run_train([*TINY, "logger=none"], tmp_path)  # auto-resume picks last.ckpt
+    result = run_train(shrink("logger=none"), tmp_path)  # auto-resume picks last.ckpt
     assert result.returncode == 1
     assert not marker.exists()
     assert "normlab: error:" in result.stderr and "weights" in result.stderr.lower()

@@ -20,6 +20,8 @@ from normlab.slurm import (
 )
 from tests.helpers import compose_config
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 AUTO = {"nodes": "auto", "gpus_per_node": "auto", "tasks_per_node": "auto", "cpus_per_task": "auto"}
 CPU_NODE = Partition("debug", cpus=2, gpus=0)
 GPU_NODE = Partition("gpu", cpus=64, gpus=8)

@@ -9,6 +9,8 @@ from normlab.build import run_axes
 from normlab.spec import RunSpec, run_spec
 from tests.helpers import compose_config
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def test_the_spec_reads_norm_batch_devices_and_the_scaled_rate() -> None:
     cfg = compose_config(

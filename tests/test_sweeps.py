@@ -5,16 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import run_train
-
-TINY = [
-    "trainer.max_epochs=1",
-    "data.train_samples=64",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-    "model=resnet20",
-    "logger=none",
-]
+from tests.helpers import Shrink, run_train
 
 
 def _statuses(sweep: Path) -> dict[str, str]:
@@ -23,11 +14,12 @@ def _statuses(sweep: Path) -> dict[str, str]:
     }
 
 
-def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> None:
+def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path, shrink: Shrink) -> None:
     # 4 jobs: (1e4, 16) completes; batch_size=0 fails (jobs 1, 3); loss threshold 1e-9 diverges.
-    result = run_train(
-        [*TINY, "divergence.loss_threshold=1e4,1e-9", "batch_size=16,0", "-m"], tmp_path
+    sweep = shrink(
+        "model=resnet20", "logger=none", "divergence.loss_threshold=1e4,1e-9", "batch_size=16,0"
     )
+    result = run_train([*sweep, "-m"], tmp_path)
     assert result.returncode == 1, "failed jobs fail the command:\n" + result.stderr[-2000:]
     statuses = _statuses(tmp_path / "sweep")
     assert statuses == {"0": "completed", "1": "failed", "2": "diverged", "3": "failed"}
@@ -43,9 +35,7 @@ def test_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path: Path) -> N
     # bad input) are skipped; an interrupted one resumes from its last checkpoint.
     job0 = tmp_path / "sweep" / "0" / "results.json"
     job0.write_text(job0.read_text().replace('"completed"', '"interrupted"'))
-    again = run_train(
-        [*TINY, "divergence.loss_threshold=1e4,1e-9", "batch_size=16,0", "-m"], tmp_path
-    )
+    again = run_train([*sweep, "-m"], tmp_path)
     assert again.returncode == 1, again.stderr[-2000:]
     assert _statuses(tmp_path / "sweep") == statuses
     assert again.stdout.count("normlab: skipped, already") == 3

@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_in_process
+from tests.helpers import run_in_process, shrunk
 
-TINY = [
-    "data.train_samples=64",
-    "data.val_samples=32",
-    "batch_size=16",
-    "threads=1",
-    "trainer.max_epochs=2",
-    "callbacks.progress=none",
-    "callbacks.checkpoint.enabled=false",
-    "print_config=false",
-]
+TINY = shrunk("data.val_samples=32", "batch_size=16", "threads=1", "trainer.max_epochs=2",
+              "callbacks.checkpoint.enabled=false", without=["trainer.num_sanity_val_steps"])  # fmt: skip
 
 
 def _run(overrides: list[str], output_dir: Path) -> dict:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from normlab.data.samplers import VirtualRankSampler
-from tests.helpers import compose_config, run_in_process, run_train
+from tests.helpers import compose_config, run_in_process, run_train, shrunk
 
 
 @pytest.mark.parametrize(("size", "world", "virtual", "batch"), [(50, 1, 4, 3), (37, 2, 3, 2)])
@@ -43,19 +43,17 @@ def test_virtual_rank_sampler_serves_each_ranks_ddp_share_in_chunks(
         assert served == expected
 
 
-COMMON = [
+COMMON = shrunk(
     "data=digits",
     "data.augment=false",  # DDP ranks draw augmentations from per-rank seeds
-    "data.train_samples=64",
     "data.val_samples=16",
     "trainer.max_epochs=2",
-    "trainer.num_sanity_val_steps=0",
     "callbacks.checkpoint.save_best=false",
     "batch_size=8",
     # float64: in float32, BN over 8 samples amplifies the ranks' different summation order
     # (1e-7) to 1e-3 within a dozen steps; in float64 both runs agree to 1e-15
     "trainer.precision=64-true",
-]
+)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -83,9 +81,8 @@ def test_two_ddp_ranks_equal_two_virtual_devices(norm: str, tmp_path: Path) -> N
     ddp = run_train([*COMMON, f"norm={norm}", *extra, "trainer=ddp_cpu"], tmp_path / "ddp")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # the virtual-device side in this process: the same run, without a second process start
-    quiet = ["callbacks.progress=none", "print_config=false"]
     vd_results = run_in_process(
-        [*COMMON, f"norm={norm}", *extra, "virtual_devices=2", *quiet], tmp_path / "vd" / "run"
+        [*COMMON, f"norm={norm}", *extra, "virtual_devices=2"], tmp_path / "vd" / "run"
     )
     assert torch.get_default_dtype() == torch.float32, "the float64 run leaked its dtype"
     ddp_results = json.loads((tmp_path / "ddp" / "run" / "results.json").read_text())

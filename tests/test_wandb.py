@@ -5,22 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import run_train
-
-TINY = [
-    "trainer.max_epochs=1",
-    "data.train_samples=64",
-    "data.val_samples=64",
-    "trainer.num_sanity_val_steps=0",
-    "logger=wandb",
-]
+from tests.helpers import Shrink, run_train
 
 
-def test_offline_run_keeps_its_id_across_a_resume(tmp_path: Path) -> None:
+def test_offline_run_keeps_its_id_across_a_resume(tmp_path: Path, shrink: Shrink) -> None:
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": ""}
     # stopped after epoch 1 of 2 as a preempted job is (a changed max_epochs is another run)
     first = run_train(
-        [*TINY, "trainer.max_epochs=2", "debug.stop_after_epochs=1"], tmp_path, env=env
+        shrink("logger=wandb", "trainer.max_epochs=2", "debug.stop_after_epochs=1"),
+        tmp_path,
+        env=env,
     )
     assert first.returncode == 0, first.stderr[-2000:]
     run_dir = tmp_path / "run"
@@ -29,15 +23,19 @@ def test_offline_run_keeps_its_id_across_a_resume(tmp_path: Path) -> None:
     assert (run_dir / "csv" / "metrics.csv").exists()  # csv stays on beside W&B
     assert "W&B disabled" not in first.stderr
 
-    second = run_train([*TINY, "trainer.max_epochs=2"], tmp_path, env=env)  # auto-resume
+    second = run_train(
+        shrink("logger=wandb", "trainer.max_epochs=2"), tmp_path, env=env
+    )  # auto-resume
     assert second.returncode == 0, second.stderr[-2000:]
     runs = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(run_id) for name in runs)  # same W&B run
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2
 
 
-def test_online_without_key_warns_once_and_trains(tmp_path: Path) -> None:
-    result = run_train(TINY, tmp_path, env={"WANDB_MODE": "online", "WANDB_API_KEY": ""})
+def test_online_without_key_warns_once_and_trains(tmp_path: Path, shrink: Shrink) -> None:
+    result = run_train(
+        shrink("logger=wandb"), tmp_path, env={"WANDB_MODE": "online", "WANDB_API_KEY": ""}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("normlab: warning: W&B disabled") == 1
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"

@@ -191,24 +191,29 @@ def local_cluster() -> Iterator[dict[str, str]]:
     _cluster()  # back to the defaults for the next case
 
 
-def test_scontrol_requeue(
-    tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
+@pytest.mark.parametrize(
+    ("command", "case"),
+    [
+        pytest.param(("scontrol", "requeue"), "scontrol requeue", id="scontrol-requeue"),
+        # what submitit takes for a preemption: checkpoint mid-epoch, requeue, resume exactly
+        pytest.param(
+            ("scancel", "--signal=USR2"), "USR2 (submitit's preemption signal)", id="scancel-usr2"
+        ),
+    ],
+)
+def test_requeued_from_outside(
+    tmp_path: Path,
+    baseline: dict[int, dict[str, Any]],
+    local_cluster: dict[str, str],
+    command: tuple[str, ...],
+    case: str,
 ) -> None:
+    """`scontrol requeue`, or `scancel --signal=USR2`, on both jobs mid-training: each is
+    requeued and resumes exactly."""
     sweep = Sweep(tmp_path / "sweep", local_cluster)
-    output = _interrupt_both_mid_training(sweep, local_cluster, "scontrol", "requeue")
+    output = _interrupt_both_mid_training(sweep, local_cluster, *command)
     assert "2 jobs: 2 completed, 0 failed" in output
-    _check_same("scontrol requeue", sweep, baseline)
-
-
-def test_submitit_signal_as_preemption(
-    tmp_path: Path, baseline: dict[int, dict[str, Any]], local_cluster: dict[str, str]
-) -> None:
-    """`scancel --signal=USR2`: what submitit takes for a preemption; checkpoint mid-epoch,
-    requeue, resume exactly."""
-    sweep = Sweep(tmp_path / "sweep", local_cluster)
-    output = _interrupt_both_mid_training(sweep, local_cluster, "scancel", "--signal=USR2")
-    assert "2 jobs: 2 completed, 0 failed" in output
-    _check_same("USR2 (submitit's preemption signal)", sweep, baseline)
+    _check_same(case, sweep, baseline)
 
 
 def test_usr1_checkpoints_and_the_job_goes_on(
@@ -245,34 +250,33 @@ def test_time_limit_checkpoints_mid_epoch(
     _check_same("time limit (3 min, USR2 90 s before)", sweep, baseline)
 
 
-def test_preemption_with_grace_time_and_sigterm(
-    tmp_path: Path, baseline: dict[int, dict[str, Any]]
+@pytest.mark.parametrize(
+    ("grace_s", "preempt_signal", "case"),
+    [
+        # SIGTERM at preemption, SLURM requeues the job if it still runs 15 s later: normlab
+        # checkpoints and keeps running, so SLURM requeues it (Lightning alone exits 0: COMPLETED)
+        pytest.param(15, False, "preemption, grace 15 s, SIGTERM", id="grace-15s-sigterm"),
+        # SLURM sends USR2 and requeues the job itself; submitit's `scontrol requeue` then
+        # fails, which must not be recorded as the job's failure
+        pytest.param(0, True, "preemption, USR2, no grace", id="own-usr2-no-grace"),
+    ],
+)
+def test_preemption(
+    tmp_path: Path,
+    baseline: dict[int, dict[str, Any]],
+    grace_s: int,
+    preempt_signal: bool,
+    case: str,
 ) -> None:
-    """SIGTERM at preemption, SLURM requeues the job if it still runs 15 s later: normlab
-    checkpoints and keeps running, so SLURM requeues it (Lightning alone exits 0: COMPLETED)."""
-    env = _cluster(grace_s=15)
+    """A job of the `urgent` partition preempts both jobs mid-training: each ends completed
+    with the numbers of the uninterrupted sweep."""
+    env = _cluster(grace_s=grace_s, preempt_signal=preempt_signal)
     try:
         sweep = Sweep(tmp_path / "sweep", env)
         sweep.wait_mid_training()
         slurm(env, "sbatch", "--partition=urgent", "--cpus-per-task=2", "--wrap=sleep 10")
         assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
-        _check_same("preemption, grace 15 s, SIGTERM", sweep, baseline)
-    finally:
-        _cluster()
-
-
-def test_preemption_with_the_jobs_own_signal_and_no_grace(
-    tmp_path: Path, baseline: dict[int, dict[str, Any]]
-) -> None:
-    """SLURM sends USR2 and requeues the job itself; submitit's `scontrol requeue` then fails,
-    which must not be recorded as the job's failure."""
-    env = _cluster(preempt_signal=True)
-    try:
-        sweep = Sweep(tmp_path / "sweep", env)
-        sweep.wait_mid_training()
-        slurm(env, "sbatch", "--partition=urgent", "--cpus-per-task=2", "--wrap=sleep 10")
-        assert "2 jobs: 2 completed, 0 failed" in sweep.finish()
-        _check_same("preemption, USR2, no grace", sweep, baseline)
+        _check_same(case, sweep, baseline)
     finally:
         _cluster()
 

@@ -13,6 +13,8 @@ from normlab.models import build_model
 from normlab.models.timm_backbone import foreign_norm_layers
 from normlab.norms import NormLayer, is_norm_layer, norm_factory
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 CORE_NORMS = ["none", "bn", "ln", "in", "gn"]
 
 

@@ -18,6 +18,8 @@ from normlab.norms.population import population_layers, set_stats_mode
 from normlab.norms.registry import build_norm, get_norm_spec, norm_factory, norm_specs
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 C = 4
 # The methods whose formulas this file writes out (reference_train, reference_eval and
 # population_of below); each is built with the small parameters its registration declares

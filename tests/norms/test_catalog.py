@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 from normlab.norms import available_norms, catalog, get_norm_spec
 from tests.helpers import REPO_ROOT
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 CONF_NORM = REPO_ROOT / "conf" / "norm"
 FIX = f"run `{catalog.COMMAND}`"
 

@@ -12,7 +12,10 @@ from torch import nn
 
 from normlab.models import build_model
 from normlab.models.binding import bind_norms_to_convs
-from normlab.norms import build_norm, norm_factory, notify_optimizer_step
+from normlab.norms import build_norm, norm_factory
+from tests.helpers import sgd_steps
+
+pytestmark = pytest.mark.fast  # in-process: make test-fast
 
 
 def conv_cbn(
@@ -191,15 +194,7 @@ def test_cbn_resnet_loss_falls() -> None:
     model = build_model({"name": "resnet20"}, norm_factory("cbn", window=2, burnin_steps=2), 10)
     params_before = sum(p.numel() for p in model.parameters())
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(10):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        notify_optimizer_step(model)
-        losses.append(loss.item())
+    losses = sgd_steps(model, x, y, steps=10, lr=0.05, momentum=0.9)
     assert losses[-1] < 0.5 * losses[0]
     assert sum(p.numel() for p in model.parameters()) == params_before
 
@@ -215,14 +210,8 @@ def test_preactivation_cbn_trains_with_naive_layers() -> None:
             10,
         )
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    for _ in range(3):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        notify_optimizer_step(model)
-        assert torch.isfinite(loss)
+    losses = sgd_steps(model, x, y, steps=3, lr=0.01)
+    assert all(torch.isfinite(torch.tensor(losses)))
     naive = [m for m in model.modules() if getattr(m, "uncompensated", False)]
     assert naive and all(int(m.filled) == 2 and m.past_mean.abs().sum() > 0 for m in naive)
 

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from normlab.norms import available_norms, build_norm, get_norm_spec, norm_factory
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 torch.manual_seed(0)
 
 

@@ -13,6 +13,8 @@ from torch import nn
 
 from normlab.norms import build_norm
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 SHAPE = (4, 8, 5, 6)
 
 

@@ -15,6 +15,8 @@ from normlab.models import build_model
 from normlab.norms import available_norms, norm_factory
 from tests.norms.test_registry import conv_norm
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 NAMES = available_norms()
 
 

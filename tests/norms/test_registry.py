@@ -18,6 +18,8 @@ from normlab.norms.population import PopulationStats
 from normlab.norms.registry import eval_alpha_norms
 from normlab.stats.callbacks import set_eval_alpha
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 C = 4  # channels of every test layer: the registrations' test_params make methods work here
 NAMES = available_norms()
 BATCH_DEPENDENT = [name for name in NAMES if get_norm_spec(name).batch_dependent]

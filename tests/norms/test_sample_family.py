@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.models import build_model
-from normlab.norms import build_norm, norm_factory
+from normlab.norms import build_norm, get_norm_spec, norm_factory
 from normlab.norms.proxy import midpoint_quantiles
+from tests.helpers import sgd_steps
+
+pytestmark = pytest.mark.fast  # in-process: make test-fast
 
 FUSED = ["proxy_ln", "proxy_gn", "evonorm_s0", "frn"]
 
@@ -189,8 +192,19 @@ def test_bad_parameters(name: str, params: dict, message: str) -> None:
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("preact", [False, True])
 def test_builds_into_resnet20(name: str, preact: bool) -> None:
+    """The method's own layers stand where BN would, and a batch of 2 goes through them both
+    ways: finite logits of the right shape, a gradient on every parameter of every norm layer."""
     model = build_model({"name": "resnet20", "preact": preact}, norm_factory(name), 10)
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    layers = [m for m in model.modules() if isinstance(m, get_norm_spec(name).layer)]
+    assert len(layers) == 19  # one after (or, pre-activation, before) each of the 19 convs
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    for layer in layers:
+        for pname, p in layer.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), (pname, layer)
+    assert any(p.grad.abs().sum() > 0 for layer in layers for p in layer.parameters())
 
 
 def test_weight_standardization_standardizes_every_conv() -> None:
@@ -224,12 +238,5 @@ def test_weight_standardized_gn_resnet_trains() -> None:
         {"name": "resnet20", "weight_standardization": True}, norm_factory("gn"), 10
     )
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(15):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = sgd_steps(model, x, y, steps=15, lr=0.05, momentum=0.9)
     assert losses[-1] < 0.5 * losses[0]

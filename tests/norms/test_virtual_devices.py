@@ -13,6 +13,8 @@ from normlab.norms import build_norm, set_virtual_batch_size
 from normlab.norms.population import population_layers, set_stats_mode
 from normlab.norms.virtual import reconcile_virtual_ranks
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 CHUNK = 4
 RANKS = 3
 # Every batch-dependent method that supports virtual devices, with small parameters.

@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_in_process
+from tests.helpers import run_in_process, shrunk
 
-COMMON = [
-    "callbacks.progress=none",
-    "print_config=false",
-    "trainer.max_epochs=2",
-    "data.train_samples=256",
-    "data.val_samples=128",
-    "batch_size=16",
-    "norm.momentum=0.01",
-    "callbacks.checkpoint.enabled=false",
-    "threads=1",
-]
+COMMON = shrunk("trainer.max_epochs=2", "data.train_samples=256", "data.val_samples=128",
+                "batch_size=16", "norm.momentum=0.01", "callbacks.checkpoint.enabled=false",
+                "threads=1", without=["trainer.num_sanity_val_steps"])  # fmt: skip
 
 
 def accuracies(results: dict, key: str = "val/acc") -> list[float]:

@@ -15,6 +15,8 @@ from normlab.norms.registry import eval_alpha_norms
 from normlab.stats import update_population_stats
 from normlab.stats.callbacks import EvalStatsCallback, FrozenBNCallback, set_eval_alpha
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def conv_bn_model() -> nn.Module:
     torch.manual_seed(0)

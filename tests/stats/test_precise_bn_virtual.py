@@ -15,6 +15,8 @@ from normlab.norms import build_norm, set_virtual_batch_size
 from normlab.norms.virtual import virtual_batch_size_of
 from normlab.stats.callbacks import PreciseBNCallback
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def _model(name: str) -> nn.Module:
     torch.manual_seed(0)

@@ -18,6 +18,8 @@ from normlab.norms.population import moments, record_batch_norm
 from normlab.stats import update_population_stats
 from normlab.stats.callbacks import training_loader
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 def reference_moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Mean and E[x^2] over `dims`, all in float64 (the old estimate, without float32 error)."""
