@@ -40,11 +40,12 @@ def quiet_hydra_warnings() -> None:
 
 
 def group_choices(conf_dir: Path, group: str) -> list[str] | None:
-    """The options of config group `group` (a folder of conf/), or None if it is no group."""
+    """The options of config group `group` (a folder of conf/), or None if it is no group. A file
+    whose name starts with _ is a base the options build on (conf/trainer/_base.yaml), no option."""
     folder = conf_dir / group
     if not folder.is_dir():
         return None
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def check_group_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
