@@ -140,11 +140,16 @@ class SyntheticConfig(LoaderConfig, _SyntheticKeys):
 # --------------------------------------------------------------------------------- optim
 @dataclass
 class OptimConfig:
-    """The optim keys normlab itself reads, besides `name`; every other key of the group is a
-    keyword argument of the optimizer class. `optim=custom` is just these: any optimizer by
-    `optim._target_`, its own arguments added with `+optim.<arg>=...`."""
+    """The keys every optimizer config has, and `optim=custom` as it is: any optimizer class by
+    `optim._target_`, its own arguments added with `+optim.<arg>=...`.
+
+    normlab.optim.build_optimizer builds the optimizer with `hydra.utils.instantiate` (always
+    `_partial_`), over normlab's parameter groups, from every key but normlab's own
+    (OPTIM_OWN_KEYS: lr, ref_batch_size, weight_decay, norm_weight_decay), which it reads itself:
+    the class gets lr scaled by the linear scaling rule, and weight_decay per parameter group."""
 
     _target_: str = MISSING  # an optimizer class by import path, e.g. torch.optim.RMSprop
+    _partial_: bool = True  # instantiate gives the constructor, called with the parameter groups
     lr: float = MISSING  # the rate at ref_batch_size: the run uses lr * global_batch / ref
     ref_batch_size: int | None = 256  # null: no scaling
     weight_decay: float = 0.0
@@ -152,32 +157,30 @@ class OptimConfig:
     norm_weight_decay: bool | str = False
 
 
-@dataclass
-class SGDConfig:
-    """SGD with (Nesterov) momentum (`optim=sgd`): torch.optim.SGD over normlab's groups. The
-    optimizer is chosen by `name` (normlab.optim.OPTIMIZERS) where the config has no
-    `_target_`."""
+# The keys of OptimConfig normlab reads itself: never passed to the optimizer class as they are.
+OPTIM_OWN_KEYS = ("lr", "ref_batch_size", "weight_decay", "norm_weight_decay")
 
-    name: str = "sgd"
+
+@dataclass
+class SGDConfig(OptimConfig):
+    """SGD with (Nesterov) momentum (`optim=sgd`): torch.optim.SGD over normlab's groups."""
+
+    _target_: str = "torch.optim.SGD"
     lr: float = 0.1
-    ref_batch_size: int | None = 256
+    weight_decay: float = 5.0e-4
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 5.0e-4
-    norm_weight_decay: bool | str = False
 
 
 @dataclass
-class AdamWConfig:
+class AdamWConfig(OptimConfig):
     """AdamW (Loshchilov & Hutter, 2019) (`optim=adamw`); `_target_` may name any optimizer."""
 
     _target_: str = "torch.optim.AdamW"
     lr: float = 1.0e-3
-    ref_batch_size: int | None = 256
+    weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1.0e-8
-    weight_decay: float = 0.05
-    norm_weight_decay: bool | str = False
 
 
 # --------------------------------------------------------------------------------- sched
