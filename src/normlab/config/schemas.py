@@ -1,14 +1,16 @@
 """The typed schemas of the training config: every key, its type and its default.
 
-Each config file of conf/model, conf/data, conf/optim and conf/sched is based on one of these
+Each config file of conf/model, conf/data, conf/optim, conf/sched, conf/logger and
+conf/callbacks is based on one of these
 (`defaults: [/<group>_<option>_schema, _self_]`) and states only what differs; the
 primary config conf/train.yaml is based on `TrainConfig`. Hydra then refuses an unknown key
 and converts or refuses each value by the type declared here, and the builders
 (models.registry, data.build, optim) take their valid keys from the same classes.
 
 Field order is the order `python train.py --cfg job` prints. Left open, their keys checked where
-they are used: the groups norm (the norm registry), trainer (Lightning's Trainer arguments),
-logger and callbacks; the free-form dicts precise_bn.data and model.timm_kwargs.
+they are used: the groups norm (the norm registry) and trainer (Lightning's Trainer arguments;
+conf/trainer/_base.yaml holds what cpu and gpu share); the free-form dicts precise_bn.data,
+model.timm_kwargs and callbacks.extra (the user's callbacks).
 """
 
 from __future__ import annotations
@@ -205,6 +207,50 @@ class StepConfig:
     gamma: float = 0.1
 
 
+# -------------------------------------------------------------------------------- logger
+@dataclass
+class LoggerConfig:
+    """The metric sinks, each on or off (`logger=csv|tensorboard|none`): the CSV file
+    <run folder>/csv/metrics.csv, TensorBoard event files, W&B (logger=wandb: its own keys)."""
+
+    csv: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """Weights & Biases beside the CSV file (`logger=wandb`), conf/logger/wandb.yaml."""
+
+    wandb: bool = True
+    project: str = "normlab"
+    entity: str | None = None  # your W&B user or team (null: the key's default entity)
+    group: str | None = None  # null: one group per sweep (the sweep folder's name)
+    mode: str | None = None  # online | offline | disabled; null follows WANDB_MODE
+    init_timeout: int | float = 30  # seconds before a W&B start that cannot connect gives up
+
+
+# ----------------------------------------------------------------------------- callbacks
+@dataclass
+class CheckpointConfig:
+    """normlab's checkpoints in <run folder>/checkpoints (normlab.callbacks)."""
+
+    enabled: bool = True  # false: no checkpoint at all
+    save_best: bool = True  # best.ckpt, by val/acc
+    save_last: bool = True  # last.ckpt, what a resumed run continues from
+
+
+@dataclass
+class CallbacksConfig:
+    """normlab's own callbacks and the user's (`callbacks=default`)."""
+
+    progress: str = "rich"  # rich, tqdm or none
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # any other Lightning callback by name: {_target_: <class>, <argument>: ...} (or null: off),
+    # left open, its entries checked when they are instantiated (normlab.callbacks.extra_callbacks)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 # ----------------------------------------------------------------------------- top level
 @dataclass
 class DivergenceConfig:
@@ -299,8 +345,8 @@ class TrainConfig:
     # sweep job of a preset whose exact settings a finished record holds is not run again, its
     # record is written into its folder (null: run every job)
     published_records: str | None = "docs/results/runs"
-    # The config groups, filled by conf/train.yaml's defaults list: model, data, optim and sched
-    # from the schemas below, the others open.
+    # The config groups, filled by conf/train.yaml's defaults list: model, data, optim, sched,
+    # logger and callbacks from the schemas above, norm and trainer open.
     norm: Any = MISSING
     model: Any = MISSING
     data: Any = MISSING
@@ -324,6 +370,8 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     },
     "optim": {"sgd": SGDConfig, "adamw": AdamWConfig, "custom": OptimConfig},
     "sched": {"cosine": CosineConfig, "step": StepConfig},
+    "logger": {"local": LoggerConfig, "wandb": WandbLoggerConfig},
+    "callbacks": {"default": CallbacksConfig},
 }
 # What the builders check a plain mapping against: models by model.source, data by data.name.
 MODEL_SCHEMAS: dict[str, type] = {"normlab": ResNetConfig, "timm": TimmConfig}
