@@ -122,7 +122,8 @@ class _FolderKeys:
 
 @dataclass
 class FolderConfig(LoaderConfig, _FolderKeys):
-    """Any ImageFolder tree: root/train and root/val or root/test (`data=folder|imagenet`)."""
+    """Any ImageFolder tree: root/train and root/val or root/test (`data=folder|imagenet`; the
+    name a run records is data.name: folder, or imagenet for conf/data/imagenet.yaml)."""
 
 
 @dataclass
@@ -380,6 +381,7 @@ DATA_SCHEMAS: dict[str, type] = {
     "cifar10": CifarConfig,
     "cifar100": CifarConfig,
     "folder": FolderConfig,
+    "imagenet": FolderConfig,  # data=imagenet: an ImageFolder tree, recorded as imagenet
     "synthetic": SyntheticConfig,
 }
 
