@@ -18,7 +18,7 @@ from normlab.optim import (
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast
 
-CFG = {"name": "sgd", "momentum": 0.0, "weight_decay": 0.1, "nesterov": False}
+CFG = {"_target_": "torch.optim.SGD", "momentum": 0.0, "weight_decay": 0.1, "nesterov": False}
 
 
 def resnet() -> torch.nn.Module:

@@ -40,11 +40,12 @@ def quiet_hydra_warnings() -> None:
 
 
 def group_choices(conf_dir: Path, group: str) -> list[str] | None:
-    """The options of config group `group` (a folder of conf/), or None if it is no group."""
+    """The options of config group `group` (a folder of conf/), or None if it is no group. A file
+    whose name starts with _ is a base the options build on (conf/trainer/_base.yaml), no option."""
     folder = conf_dir / group
     if not folder.is_dir():
         return None
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def check_group_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
@@ -183,7 +184,7 @@ def check_config_overrides(args: Sequence[str], conf_dir: Path) -> str | None:
                     _set(cfg, key, value)
     except (HydraException, OmegaConfBaseException) as error:
         return error_line(_describe(error, conf_dir))
-    untyped = _untyped_value_error(single, sweeps, cfg, conf_dir)
+    untyped = _untyped_value_error(single, sweeps, cfg, conf_dir) or _added_key_error(cfg)
     if untyped:
         return error_line(untyped)
     missing = sorted(OmegaConf.missing_keys(cfg))  # keys a schema leaves without a default
@@ -215,6 +216,39 @@ def _untyped_value_error(
             message = _type_error(key, default, value)
             if message:
                 return message
+    return None
+
+
+# Groups whose schema (normlab.config.schemas) holds every key normlab reads of them: a key
+# added with `+` (which Hydra lets through any schema) is refused as a typo too. Their open nodes
+# (Dict[str, Any], e.g. callbacks.extra) take any key; optim does not belong here (+optim.<arg>
+# adds an argument of the optimizer class).
+CLOSED_GROUPS = ("logger", "callbacks")
+
+
+def _added_key_error(cfg: DictConfig) -> str | None:
+    """'unknown config key 'logger.projct' ...' for a key of a CLOSED_GROUPS node that its
+    schema does not declare."""
+    for group in CLOSED_GROUPS:
+        message = _undeclared_key(cfg.get(group), group)
+        if message:
+            return message
+    return None
+
+
+def _undeclared_key(node: Any, path: str) -> str | None:
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return None  # a value, or an open node
+    declared = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        if key not in declared:
+            close = difflib.get_close_matches(str(key), declared, n=1)
+            hint = f"; did you mean '{path}.{close[0]}'?" if close else ""
+            return f"unknown config key '{path}.{key}' ({path} keys: {', '.join(declared)}){hint}"
+        message = _undeclared_key(node._get_node(key), f"{path}.{key}")
+        if message:
+            return message
     return None
 
 

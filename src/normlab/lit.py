@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
-from normlab.optim import DecayTargets, build_optimizer, lr_lambda
+from normlab.optim import DecayTargets, build_optimizer, lr_lambda, optimizer_factory
 
 EPOCH_SO_FAR = "normlab_epoch_so_far"  # checkpoint key: the running epoch's loss and accuracy sums
 
@@ -72,6 +72,7 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.model = model
         self.optim_cfg = dict(optim_cfg)
+        optimizer_factory(self.optim_cfg, lr)  # a bad optim._target_ or argument: refused now
         self.sched_cfg = dict(sched_cfg)
         self.lr = lr
         self.loss_threshold = loss_threshold

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -13,10 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import Container, OmegaConf
+from omegaconf import MISSING, Container, OmegaConf
 from torch import nn
 
-from normlab.config.schemas import GROUP_SCHEMAS, CosineConfig, OptimConfig, StepConfig, field_names
+from normlab.config.schemas import (
+    GROUP_SCHEMAS,
+    OPTIM_OWN_KEYS,
+    CosineConfig,
+    OptimConfig,
+    StepConfig,
+)
 from normlab.norms import is_norm_layer
 
 
@@ -184,52 +189,83 @@ def with_decay_targets(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Opt
     return type(f"{cls.__name__}WithDecayTargets", (DecayTargets, cls), {"__module__": __name__})
 
 
-OPTIMIZERS = {"sgd": torch.optim.SGD}  # optim.name, for a config without _target_
+# optim.name of configs from before `_target_` (a plain mapping without `_target_` may still name
+# its optimizer so): the class it stands for
+OPTIMIZERS = {"sgd": "torch.optim.SGD"}
+# normlab's own keys (config.schemas.OPTIM_OWN_KEYS) and `name`: read by normlab, never passed to
+# the optimizer class as they are; Hydra's instantiation flags normlab sets itself
+NOT_ARGUMENTS = ("name", *OPTIM_OWN_KEYS, "_partial_", "_convert_")
+# a plain mapping (not composed by Hydra) may leave out normlab's keys: OptimConfig's defaults
+OWN_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(OptimConfig)
+    if f.name in OPTIM_OWN_KEYS and f.default is not MISSING
+}
 
 
-def optimizer_class(cfg: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
-    """The optimizer class `optim._target_` names (any torch.optim.Optimizer subclass, by its
-    import path), else the one `optim.name` names."""
+def optimizer_target(cfg: Mapping[str, Any]) -> str:
+    """The import path of the optimizer class `optim._target_` names, else (a mapping from
+    before `_target_`) the one `optim.name` names."""
     target = cfg.get("_target_")
-    if not target:
-        name = cfg.get("name", "sgd")
-        if name not in OPTIMIZERS:
-            raise ValueError(
-                f"optim.name must be {' or '.join(OPTIMIZERS)}, got '{name}' (any other "
-                "optimizer: optim._target_=<class>, as conf/optim/adamw.yaml does)"
-            )
-        return OPTIMIZERS[name]
-    module, _, attribute = str(target).rpartition(".")
+    if target:
+        return str(target)
+    name = cfg.get("name")
+    if name is None:
+        raise ValueError(
+            "optim._target_ must name an optimizer class, e.g. optim._target_=torch.optim.SGD"
+        )
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"optim.name must be {' or '.join(OPTIMIZERS)}, got '{name}' (any other "
+            "optimizer: optim._target_=<class>, as conf/optim/adamw.yaml does)"
+        )
+    return OPTIMIZERS[name]
+
+
+def optimizer_factory(cfg: Mapping[str, Any], lr: float) -> functools.partial:
+    """The optimizer constructor `cfg` describes, awaiting only the parameters: `hydra.utils.
+    instantiate` of the config with `_partial_` set, at learning rate `lr` (the scaled rate, in
+    place of optim.lr), without normlab's own keys (NOT_ARGUMENTS). A bad `_target_` or an
+    argument the class does not take is one line naming the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    values = _plain(cfg) if isinstance(cfg, Container) else dict(cfg)
+    target = optimizer_target(values)
+    node = {k: v for k, v in values.items() if k not in NOT_ARGUMENTS}
+    node["_target_"] = target
     try:
-        cls = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"optim._target_={target} cannot be imported ({error})") from None
+        factory = instantiate(node, _partial_=True, _convert_="all", lr=lr)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        failed = "cannot be imported" if isinstance(cause, ImportError) else "cannot be built"
+        raise ValueError(f"optim._target_={target} {failed} ({reason})") from None
+    cls = factory.func
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ValueError(f"optim._target_={target} is not a torch.optim.Optimizer class")
-    return cls
-
-
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
-    """normlab's parameter groups (build_param_groups) under the optimizer class that `cfg`
-    names (optimizer_class), at learning rate `lr`, with decay targets and the step guard. Keys
-    other than normlab's own (name and config.schemas.OptimConfig's) are the class's keyword
-    arguments."""
-    cls = optimizer_class(cfg)
-    own = {"name", *field_names(OptimConfig)}
-    options = {k: _plain(v) for k, v in cfg.items() if k not in own}
     accepted = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        unknown = sorted(set(options) - set(accepted))
+        unknown = sorted(set(factory.keywords) - set(accepted))
         if unknown:
             valid = ", ".join(k for k in accepted if k not in ("self", "params", "lr"))
             raise ValueError(
                 f"optim.{unknown[0]} is no argument of {cls.__module__}.{cls.__name__} "
                 f"(its arguments: {valid})"
             )
-    groups = build_param_groups(
-        model, float(cfg["weight_decay"]), cfg.get("norm_weight_decay", False)
-    )
-    return with_decay_targets(cls)(groups, lr=lr, **options)
+    return factory
+
+
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
+    """normlab's parameter groups (build_param_groups) under the optimizer `cfg` describes
+    (optimizer_factory: `hydra.utils.instantiate`, `_partial_`), at learning rate `lr`, its
+    class with decay targets and the step guard mixed in (with_decay_targets)."""
+    values = _plain(cfg) if isinstance(cfg, Container) else dict(cfg)
+    factory = optimizer_factory(values, lr)
+    own = {**OWN_DEFAULTS, **{k: v for k, v in values.items() if k in OPTIM_OWN_KEYS}}
+    groups = build_param_groups(model, float(own["weight_decay"]), own["norm_weight_decay"])
+    # the partial's class with DecayTargets mixed in, called as the partial would be
+    return with_decay_targets(factory.func)(groups, *factory.args, **factory.keywords)
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,8 @@ from normlab.norms import build_norm, set_virtual_batch_size
 from normlab.norms.population import population_layers, state_guard
 from normlab.norms.virtual import virtual_batch_size_of
 
+pytestmark = pytest.mark.fast  # in-process: make test-fast
+
 
 class Boom(RuntimeError):
     """Raised inside a guarded block."""

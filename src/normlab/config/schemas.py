@@ -1,14 +1,16 @@
 """The typed schemas of the training config: every key, its type and its default.
 
-Each config file of conf/model, conf/data, conf/optim and conf/sched is based on one of these
+Each config file of conf/model, conf/data, conf/optim, conf/sched, conf/logger and
+conf/callbacks is based on one of these
 (`defaults: [/<group>_<option>_schema, _self_]`) and states only what differs; the
 primary config conf/train.yaml is based on `TrainConfig`. Hydra then refuses an unknown key
 and converts or refuses each value by the type declared here, and the builders
 (models.registry, data.build, optim) take their valid keys from the same classes.
 
 Field order is the order `python train.py --cfg job` prints. Left open, their keys checked where
-they are used: the groups norm (the norm registry), trainer (Lightning's Trainer arguments),
-logger and callbacks; the free-form dicts precise_bn.data and model.timm_kwargs.
+they are used: the groups norm (the norm registry) and trainer (Lightning's Trainer arguments;
+conf/trainer/_base.yaml holds what cpu and gpu share); the free-form dicts precise_bn.data,
+model.timm_kwargs and callbacks.extra (the user's callbacks).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ class _FolderKeys:
 
 @dataclass
 class FolderConfig(LoaderConfig, _FolderKeys):
-    """Any ImageFolder tree: root/train and root/val or root/test (`data=folder|imagenet`)."""
+    """Any ImageFolder tree: root/train and root/val or root/test (`data=folder|imagenet`; the
+    name a run records is data.name: folder, or imagenet for conf/data/imagenet.yaml)."""
 
 
 @dataclass
@@ -140,11 +143,16 @@ class SyntheticConfig(LoaderConfig, _SyntheticKeys):
 # --------------------------------------------------------------------------------- optim
 @dataclass
 class OptimConfig:
-    """The optim keys normlab itself reads, besides `name`; every other key of the group is a
-    keyword argument of the optimizer class. `optim=custom` is just these: any optimizer by
-    `optim._target_`, its own arguments added with `+optim.<arg>=...`."""
+    """The keys every optimizer config has, and `optim=custom` as it is: any optimizer class by
+    `optim._target_`, its own arguments added with `+optim.<arg>=...`.
+
+    normlab.optim.build_optimizer builds the optimizer with `hydra.utils.instantiate` (always
+    `_partial_`), over normlab's parameter groups, from every key but normlab's own
+    (OPTIM_OWN_KEYS: lr, ref_batch_size, weight_decay, norm_weight_decay), which it reads itself:
+    the class gets lr scaled by the linear scaling rule, and weight_decay per parameter group."""
 
     _target_: str = MISSING  # an optimizer class by import path, e.g. torch.optim.RMSprop
+    _partial_: bool = True  # instantiate gives the constructor, called with the parameter groups
     lr: float = MISSING  # the rate at ref_batch_size: the run uses lr * global_batch / ref
     ref_batch_size: int | None = 256  # null: no scaling
     weight_decay: float = 0.0
@@ -152,32 +160,30 @@ class OptimConfig:
     norm_weight_decay: bool | str = False
 
 
-@dataclass
-class SGDConfig:
-    """SGD with (Nesterov) momentum (`optim=sgd`): torch.optim.SGD over normlab's groups. The
-    optimizer is chosen by `name` (normlab.optim.OPTIMIZERS) where the config has no
-    `_target_`."""
+# The keys of OptimConfig normlab reads itself: never passed to the optimizer class as they are.
+OPTIM_OWN_KEYS = ("lr", "ref_batch_size", "weight_decay", "norm_weight_decay")
 
-    name: str = "sgd"
+
+@dataclass
+class SGDConfig(OptimConfig):
+    """SGD with (Nesterov) momentum (`optim=sgd`): torch.optim.SGD over normlab's groups."""
+
+    _target_: str = "torch.optim.SGD"
     lr: float = 0.1
-    ref_batch_size: int | None = 256
+    weight_decay: float = 5.0e-4
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 5.0e-4
-    norm_weight_decay: bool | str = False
 
 
 @dataclass
-class AdamWConfig:
+class AdamWConfig(OptimConfig):
     """AdamW (Loshchilov & Hutter, 2019) (`optim=adamw`); `_target_` may name any optimizer."""
 
     _target_: str = "torch.optim.AdamW"
     lr: float = 1.0e-3
-    ref_batch_size: int | None = 256
+    weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1.0e-8
-    weight_decay: float = 0.05
-    norm_weight_decay: bool | str = False
 
 
 # --------------------------------------------------------------------------------- sched
@@ -200,6 +206,50 @@ class StepConfig:
     # epochs, int or float (list[Any]: OmegaConf hands out a list's Union elements as nodes)
     milestones: list[Any] = field(default_factory=lambda: [100, 150])
     gamma: float = 0.1
+
+
+# -------------------------------------------------------------------------------- logger
+@dataclass
+class LoggerConfig:
+    """The metric sinks, each on or off (`logger=csv|tensorboard|none`): the CSV file
+    <run folder>/csv/metrics.csv, TensorBoard event files, W&B (logger=wandb: its own keys)."""
+
+    csv: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """Weights & Biases beside the CSV file (`logger=wandb`), conf/logger/wandb.yaml."""
+
+    wandb: bool = True
+    project: str = "normlab"
+    entity: str | None = None  # your W&B user or team (null: the key's default entity)
+    group: str | None = None  # null: one group per sweep (the sweep folder's name)
+    mode: str | None = None  # online | offline | disabled; null follows WANDB_MODE
+    init_timeout: int | float = 30  # seconds before a W&B start that cannot connect gives up
+
+
+# ----------------------------------------------------------------------------- callbacks
+@dataclass
+class CheckpointConfig:
+    """normlab's checkpoints in <run folder>/checkpoints (normlab.callbacks)."""
+
+    enabled: bool = True  # false: no checkpoint at all
+    save_best: bool = True  # best.ckpt, by val/acc
+    save_last: bool = True  # last.ckpt, what a resumed run continues from
+
+
+@dataclass
+class CallbacksConfig:
+    """normlab's own callbacks and the user's (`callbacks=default`)."""
+
+    progress: str = "rich"  # rich, tqdm or none
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # any other Lightning callback by name: {_target_: <class>, <argument>: ...} (or null: off),
+    # left open, its entries checked when they are instantiated (normlab.callbacks.extra_callbacks)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- top level
@@ -296,8 +346,8 @@ class TrainConfig:
     # sweep job of a preset whose exact settings a finished record holds is not run again, its
     # record is written into its folder (null: run every job)
     published_records: str | None = "docs/results/runs"
-    # The config groups, filled by conf/train.yaml's defaults list: model, data, optim and sched
-    # from the schemas below, the others open.
+    # The config groups, filled by conf/train.yaml's defaults list: model, data, optim, sched,
+    # logger and callbacks from the schemas above, norm and trainer open.
     norm: Any = MISSING
     model: Any = MISSING
     data: Any = MISSING
@@ -321,6 +371,8 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     },
     "optim": {"sgd": SGDConfig, "adamw": AdamWConfig, "custom": OptimConfig},
     "sched": {"cosine": CosineConfig, "step": StepConfig},
+    "logger": {"local": LoggerConfig, "wandb": WandbLoggerConfig},
+    "callbacks": {"default": CallbacksConfig},
 }
 # What the builders check a plain mapping against: models by model.source, data by data.name.
 MODEL_SCHEMAS: dict[str, type] = {"normlab": ResNetConfig, "timm": TimmConfig}
@@ -329,6 +381,7 @@ DATA_SCHEMAS: dict[str, type] = {
     "cifar10": CifarConfig,
     "cifar100": CifarConfig,
     "folder": FolderConfig,
+    "imagenet": FolderConfig,  # data=imagenet: an ImageFolder tree, recorded as imagenet
     "synthetic": SyntheticConfig,
 }
 

@@ -74,10 +74,16 @@ def _build(
     if augment not in AUGMENTS:
         raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")
     if not data_cfg.get("root"):
-        raise ValueError("data=folder needs data.root=<folder with train/ and val/ or test/>")
+        raise ValueError(f"data={name} needs data.root=<folder with train/ and val/ or test/>")
+    module: FolderStreamDataModule | FolderTensorDataModule
     if augment == "imagenet":
         data_cfg.pop("cache_dir", None)
-        return FolderStreamDataModule(options, **data_cfg)
-    data_cfg.pop("image_size", None)
-    cache_dir = data_cfg.pop("cache_dir", None) or str(default_cache_dir() / "decoded")
-    return FolderTensorDataModule(options, data_cfg["root"], cache_dir, augment=augment == "cifar")
+        module = FolderStreamDataModule(options, **data_cfg)
+    else:
+        data_cfg.pop("image_size", None)
+        cache_dir = data_cfg.pop("cache_dir", None) or str(default_cache_dir() / "decoded")
+        module = FolderTensorDataModule(
+            options, data_cfg["root"], cache_dir, augment=augment == "cifar"
+        )
+    module.name = name  # folder or imagenet (data.name), as its messages name it
+    return module
