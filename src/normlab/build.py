@@ -164,7 +164,7 @@ def build_harness(cfg: DictConfig, spec: RunSpec, output_dir: Path) -> Harness:
             callbacks=callbacks,
             default_root_dir=str(output_dir),
             enable_model_summary=False,
-            enable_progress_bar=cfg.callbacks.get("progress", "rich") != "none",
+            enable_progress_bar=cfg.callbacks.progress != "none",
         )
     except BaseException:
         close_loggers(loggers, failed=True)
@@ -266,7 +266,7 @@ def quiet_lightning() -> None:
 def check_logger_packages(logger_cfg: DictConfig) -> None:
     """Refuse, before any data is read, a logger whose package is missing: TensorBoard writes
     through tensorboardX (a dependency of normlab) or the tensorboard package."""
-    if not logger_cfg.get("tensorboard", False):
+    if not logger_cfg.tensorboard:
         return
     for module in ("tensorboardX", "tensorboard"):
         try:
@@ -283,17 +283,17 @@ def check_logger_packages(logger_cfg: DictConfig) -> None:
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """CSV, TensorBoard and W&B loggers writing into the run folder (W&B on rank 0 only)."""
     loggers: list[Logger] = []
-    if cfg.logger.get("csv", False):
+    if cfg.logger.csv:
         loggers.append(
             CSVLogger(save_dir=str(output_dir), name=CSV_DIR, version=csv_version(output_dir))
         )
-    if cfg.logger.get("tensorboard", False):
+    if cfg.logger.tensorboard:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(
             TensorBoardLogger(save_dir=str(output_dir), name=TENSORBOARD_DIR, version="")
         )
-    if cfg.logger.get("wandb", False) and process_rank() == 0:
+    if cfg.logger.wandb and process_rank() == 0:
         from normlab.wandb_logging import build_wandb_logger
 
         wandb_logger = build_wandb_logger(cfg, output_dir)

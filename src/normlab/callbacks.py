@@ -49,7 +49,7 @@ def build_callbacks(
     clock = RunClock()
     stop_after = cfg.debug.stop_after_epochs
     ckpt = cfg.callbacks.checkpoint
-    saving = ckpt.get("enabled", True) and ckpt.get("save_last", True)
+    saving = ckpt.enabled and ckpt.save_last
     folder = RunFolder(output_dir)
     signals = SignalCheckpoint(folder.last_checkpoint if saving else None, slurm)
     stoppers: list[StopAfterEpochs | SignalCheckpoint] = [signals]
@@ -65,14 +65,14 @@ def build_callbacks(
         HandBackLoaderState(),
         *stoppers,
     ]
-    if ckpt.get("enabled", True):
+    if ckpt.enabled:
         callbacks.extend(checkpoint_callbacks(folder.checkpoints, ckpt))
-    bar = progress_bar(str(cfg.callbacks.get("progress", "rich")))
+    bar = progress_bar(str(cfg.callbacks.progress))
     if bar is not None:
         callbacks.append(bar)
     callbacks.extend(statistics_callbacks(cfg, virtual_devices, world_size))
     callbacks.append(diagnostics_callback(cfg, output_dir))
-    callbacks.extend(extra_callbacks(cfg.callbacks.get("extra")))
+    callbacks.extend(extra_callbacks(cfg.callbacks.extra))
     return callbacks
 
 
@@ -82,7 +82,7 @@ def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpo
     Two callbacks, because Lightning's own save_last only rewrites last.ckpt in an epoch that
     also saved a top-k checkpoint, which would resume a preempted run from a stale epoch."""
     callbacks = []
-    if ckpt.get("save_best", True):
+    if ckpt.save_best:
         callbacks.append(
             ModelCheckpoint(
                 dirpath=str(directory),
@@ -93,7 +93,7 @@ def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpo
                 auto_insert_metric_name=False,
             )
         )
-    if ckpt.get("save_last", True):
+    if ckpt.save_last:
         callbacks.append(
             ModelCheckpoint(
                 dirpath=str(directory),
