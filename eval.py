@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 def parse(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(ckpt_path / sweep, EvalChoices values, overrides of the run's config) from key=value
     arguments; an unknown key is a ValueError naming the valid ones."""
-    from normlab.evaluation import EvalChoices
+    from normlab.job.evaluation import EvalChoices
 
     target: dict[str, Any] = {}
     choices: dict[str, Any] = {}
@@ -54,7 +54,7 @@ def parse(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, An
 
 def main(argv: list[str]) -> None:
     from normlab.console import error_line
-    from normlab.evaluation import EvalChoices
+    from normlab.job.evaluation import EvalChoices
 
     try:
         target, given, overrides = parse(argv)
@@ -62,7 +62,12 @@ def main(argv: list[str]) -> None:
     except Exception as error:  # noqa: BLE001 - bad arguments are one line
         print(error_line(f"{error}".splitlines()[0]), file=sys.stderr)
         sys.exit(2)
-    from normlab.evaluation import evaluate_checkpoint, evaluate_sweep, format_rows, varied_run_axes
+    from normlab.job.evaluation import (
+        evaluate_checkpoint,
+        evaluate_sweep,
+        format_rows,
+        varied_run_axes,
+    )
 
     try:
         if "sweep" in target:

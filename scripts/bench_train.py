@@ -1,13 +1,13 @@
 """Framework overhead: `python train.py` against a plain PyTorch loop, images per second.
 
 Both sides train the same normlab model (normlab.models.build_model + norm_factory) on the same
-datamodule loaders with the same SGD optimizer and learning rate (normlab.optim), at the same
+datamodule loaders with the same SGD optimizer and learning rate (normlab.job.optim), at the same
 per-device batch, in this one process, with the same torch thread count:
 
 - train.py: normlab.train.run(cfg, folder) on the config `python train.py` composes (Hydra's
   compose API on conf/), so Lightning, normlab's LightningModule, callbacks, CSV logger,
   checkpoints and the progress bar (`--progress`, default: the config's) run as in a job. The
-  number is the run's own `train_images_per_s` (normlab.callbacks.ThroughputMonitor).
+  number is the run's own `train_images_per_s` (normlab.job.callbacks.ThroughputMonitor).
 - plain: model.train(); for each batch: to(device), zero_grad(), forward, cross_entropy,
   backward, step (plus notify_optimizer_step for layers that need it, e.g. cbn).
 
@@ -53,16 +53,16 @@ CONF_DIR = REPO_ROOT / "conf"
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from hardware import command_line, cpu_model  # noqa: E402
-from normlab.callbacks import ThroughputMonitor  # noqa: E402
 from normlab.data import build_datamodule  # noqa: E402
+from normlab.job.callbacks import ThroughputMonitor  # noqa: E402
+from normlab.job.optim import build_optimizer, scaled_lr  # noqa: E402
+from normlab.job.spec import norm_params  # noqa: E402
 from normlab.models import build_model  # noqa: E402
 from normlab.norms import norm_factory, notify_optimizer_step  # noqa: E402
-from normlab.optim import build_optimizer, scaled_lr  # noqa: E402
-from normlab.spec import norm_params  # noqa: E402
 from normlab.train import run  # noqa: E402
 
 try:  # normlab's LightningModule steps a fused SGD; older versions the default kernel
-    from normlab.lit import guard_optimizer
+    from normlab.job.lit import guard_optimizer
 except ImportError:  # pragma: no cover - benchmarking an older checkout
     guard_optimizer = None  # type: ignore[assignment]
 

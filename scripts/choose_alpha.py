@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from normlab.data import ImageDataModule
-from normlab.evaluation import load_experiment
+from normlab.job.evaluation import load_experiment
 from normlab.norms.population import population_layers
 from normlab.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
 from normlab.stats.callbacks import set_eval_alpha

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from normlab.provenance import cpu_name
+from normlab.platform.provenance import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 

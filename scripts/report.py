@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from normlab.report import write_report
+from normlab.reporting.report import write_report
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Regenerate docs/results.md from the published comparisons' run records (make results).
 
 Each comparison's runs are committed as docs/results/runs/<name>.jsonl: every job's
-results.json, one per line (normlab.run_records), since sweep folders hold checkpoints and are
+results.json, one per line (normlab.reporting.run_records), since sweep folders hold checkpoints and are
 never committed. `make results` lays each file out as its sweep folder again and writes the
-sweep's report (normlab.report) into docs/results.md with its figures; after running a sweep,
+sweep's report (normlab.reporting.report) into docs/results.md with its figures; after running a sweep,
 `make results ARGS=--publish` (or `--publish <name>`) first copies its folder's results.json
 files into the records. Every table and figure comes from those records through the report
 code; the only hand-written text is each section's account of where normlab agrees with the
@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from normlab.aggregate import own_runs
-from normlab.provenance import provenance_summary
-from normlab.report import collect_results, write_report
-from normlab.run_records import export_records, materialize_records
+from normlab.platform.provenance import provenance_summary
+from normlab.reporting.aggregate import own_runs
+from normlab.reporting.report import collect_results, write_report
+from normlab.reporting.run_records import export_records, materialize_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ listed beside ours as top-1 accuracy for the ordering, not as a target.
 
 
 def records_file(section: Section) -> Path:
-    """Where the section's run records are committed (normlab.run_records)."""
+    """Where the section's run records are committed (normlab.reporting.run_records)."""
     return RUNS / f"{section.name}.jsonl"
 
 

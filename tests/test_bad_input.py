@@ -112,7 +112,7 @@ def test_an_epoch_count_that_trains_nothing_is_refused_before_training(
 
 
 def test_eval_names_a_file_that_is_no_checkpoint(tmp_path: Path) -> None:
-    from normlab.evaluation import load_weights
+    from normlab.job.evaluation import load_weights
 
     for name, content in (("text.ckpt", b"not a checkpoint"), ("empty.ckpt", b"")):
         path = tmp_path / name

@@ -11,9 +11,9 @@ import lightning as L
 import pytest
 import torch
 
-from normlab.build import build_run
-from normlab.callbacks import FitSummary, extra_callbacks
-from normlab.environment import effective_strategy
+from normlab.job.build import build_run
+from normlab.job.callbacks import FitSummary, extra_callbacks
+from normlab.platform.environment import effective_strategy
 from tests.helpers import compose_config, run_train, shrunk
 
 TINY = shrunk("logger=none")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from normlab.checkpoint_io import save_atomically, unreadable_reason
+from normlab.job.checkpoint_io import save_atomically, unreadable_reason
 from tests.helpers import run_in_process, shrunk
 
 TWO_EPOCHS = shrunk("data.val_samples=32", "batch_size=16", "threads=1", "trainer.max_epochs=2")

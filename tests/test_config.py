@@ -119,7 +119,7 @@ def test_every_model_file_names_a_model_the_registry_builds(option: str) -> None
 def test_every_optim_file_builds_its_optimizer(option: str) -> None:
     import torch
 
-    from normlab.optim import build_optimizer
+    from normlab.job.optim import build_optimizer
 
     cfg = composed(f"optim={option}")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
@@ -129,7 +129,7 @@ def test_every_optim_file_builds_its_optimizer(option: str) -> None:
 
 @pytest.mark.parametrize("option", group_choices(CONF_DIR, "sched"))
 def test_every_sched_file_gives_a_schedule(option: str) -> None:
-    from normlab.optim import lr_lambda
+    from normlab.job.optim import lr_lambda
 
     sched = dict(composed(f"sched={option}").sched)  # as the LightningModule holds it
     factor = lr_lambda(sched, total_steps=100, steps_per_epoch=10)

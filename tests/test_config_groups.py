@@ -129,8 +129,8 @@ def test_callbacks_extra_takes_any_entry() -> None:
 
 # ------------------------------------------------------------------------- data=imagenet
 def test_imagenet_is_recorded_as_imagenet_and_folder_as_folder(tmp_path: Path) -> None:
-    from normlab.build import run_axes
     from normlab.data import build_datamodule
+    from normlab.job.build import run_axes
 
     for option, name in (("imagenet", "imagenet"), ("folder", "folder")):
         cfg = compose_config([f"data={option}"])
@@ -145,8 +145,8 @@ def test_imagenet_is_recorded_as_imagenet_and_folder_as_folder(tmp_path: Path) -
 
 
 def test_reports_group_runs_by_data_name() -> None:
-    from normlab.aggregate import seed_summary
-    from normlab.paper_report import swept_axes
+    from normlab.reporting.aggregate import seed_summary
+    from normlab.reporting.paper_report import swept_axes
 
     frame = pd.DataFrame(
         {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from normlab.evaluation import EvalChoices, evaluate_checkpoint
+from normlab.job.evaluation import EvalChoices, evaluate_checkpoint
 from normlab.run_folder import EVAL_FILE
 from normlab.train import run
 from tests.helpers import Shrink, compose_config
@@ -136,7 +136,7 @@ def test_a_whole_sweep_is_one_table_with_a_row_per_run_and_choice(
 ) -> None:
     import shutil
 
-    from normlab.evaluation import evaluate_sweep, format_rows, varied_run_axes
+    from normlab.job.evaluation import evaluate_sweep, format_rows, varied_run_axes
 
     folder, _ = trained
     sweep = tmp_path / "sweep"
@@ -162,14 +162,14 @@ def test_evaluation_builds_only_the_experiment(
     (data, model, module) is what eval.py and choose_alpha need."""
     import lightning
 
-    import normlab.build
+    import normlab.job.build
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("evaluation built a part of the harness")
 
     monkeypatch.setattr(lightning.Trainer, "__init__", refuse)
-    monkeypatch.setattr(normlab.build, "build_harness", refuse)
-    monkeypatch.setattr(normlab.build, "build_loggers", refuse)
+    monkeypatch.setattr(normlab.job.build, "build_harness", refuse)
+    monkeypatch.setattr(normlab.job.build, "build_loggers", refuse)
     folder, results = trained
     rows = evaluate_checkpoint(
         folder / "checkpoints" / "last.ckpt", EvalChoices(precise_bn_samples=[], alphas=[])

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.io import write_jpeg
 
-from normlab.build import Run, build_run
 from normlab.cli import group_choices
+from normlab.job.build import Run, build_run
 from normlab.norms import get_norm_spec
 from tests.helpers import CONF_DIR, Shrink, compose_config
 

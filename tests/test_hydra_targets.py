@@ -1,5 +1,5 @@
 """The optimizer as Hydra builds any `_target_`: conf/optim/*.yaml name their class with
-`_partial_: true`, normlab.optim instantiates it without normlab's own keys and calls it with the
+`_partial_: true`, normlab.job.optim instantiates it without normlab's own keys and calls it with the
 parameter groups at the rate of the linear scaling rule."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from normlab.config.schemas import OPTIM_OWN_KEYS, AdamWConfig, OptimConfig, SGDConfig
-from normlab.optim import DecayTargets, SGDWithDecayTargets, build_optimizer, optimizer_factory
+from normlab.job.optim import DecayTargets, SGDWithDecayTargets, build_optimizer, optimizer_factory
 from tests.helpers import compose_config, run_in_process
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast

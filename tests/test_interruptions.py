@@ -1,6 +1,6 @@
 """A cluster's warning signals: a checkpoint at the end of the running batch, then go on,
 requeue or stop, and a run resumed from that mid-epoch checkpoint ends exactly where an
-uninterrupted run ends (normlab.interruptions, normlab.data.resumable)."""
+uninterrupted run ends (normlab.platform.interruptions, normlab.data.resumable)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import lightning as L
 import pytest
 import torch
 
-import normlab.build
-from normlab.interruptions import REQUEUE, SignalCheckpoint
+import normlab.job.build
+from normlab.platform.interruptions import REQUEUE, SignalCheckpoint
 from tests.helpers import run_in_process, shrunk
 
 # 4 steps per epoch, 2 epochs; the signal arrives during step 5 (epoch 1, its second batch)
@@ -69,7 +69,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     _train(root, "full")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(normlab.build, "under_slurm", lambda: True)
+        patch.setattr(normlab.job.build, "under_slurm", lambda: True)
         _train(root, "stopped", signal.SIGUSR2)  # submitit's signal, without submitit
     return root
 
@@ -127,7 +127,7 @@ def test_sigterm_under_slurm_checkpoints_and_training_goes_on(
 ) -> None:
     """Preemption with a grace time: SLURM requeues the job if it still runs when the grace
     time ends, so SIGTERM must not end it (Lightning's own handler would exit cleanly)."""
-    monkeypatch.setattr(normlab.build, "under_slurm", lambda: True)
+    monkeypatch.setattr(normlab.job.build, "under_slurm", lambda: True)
     signalled = _train(tmp_path, "term", signal.SIGTERM)
     assert "SIGTERM: checkpoint at epoch 1, step 6" in capsys.readouterr().out
     assert signalled["status"] == "completed" and signalled["epochs"] == 2

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from normlab.lit import Classifier, guard_optimizer, optimizer_step_hooks
+from normlab.job.lit import Classifier, guard_optimizer, optimizer_step_hooks
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normlab.models import build_model
-from normlab.norms import norm_factory
-from normlab.optim import (
+from normlab.job.optim import (
     SGDWithDecayTargets,
     build_optimizer,
     build_param_groups,
@@ -15,6 +13,8 @@ from normlab.optim import (
     scaled_lr,
     split_parameters,
 )
+from normlab.models import build_model
+from normlab.norms import norm_factory
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast
 
@@ -165,7 +165,7 @@ def test_adamw_decays_gamma_toward_one_decoupled() -> None:
 def test_a_flagged_step_changes_nothing(target: str) -> None:
     """The divergence guard: fused kernels (AdamW) read the flag on the device; others
     (RMSprop) on the host."""
-    from normlab.lit import guard_optimizer
+    from normlab.job.lit import guard_optimizer
 
     model = resnet()
     cfg = {"_target_": target, "weight_decay": 0.1, "norm_weight_decay": "toward_one"}

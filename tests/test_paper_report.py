@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from normlab.report import collect_results, write_report
+from normlab.reporting.report import collect_results, write_report
 from normlab.results import write_results
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast
@@ -116,7 +116,7 @@ def test_runs_compared_with_precise_bn_give_rows_per_sample_count(tmp_path: Path
 def test_a_norms_default_momentum_is_not_a_swept_axis_but_a_swept_momentum_is() -> None:
     import pandas as pd
 
-    from normlab.paper_report import swept_axes
+    from normlab.reporting.paper_report import swept_axes
 
     runs = [("bn", 2, 0.1), ("bn", 4, 0.1), ("brn", 2, 0.01), ("brn", 4, 0.01), ("gn", 2, None)]
     frame = pd.DataFrame(

@@ -7,8 +7,15 @@ import math
 import pandas as pd
 import pytest
 
-from normlab.aggregate import flatten_norm_params, format_cell, seed_summary
-from normlab.papers import CLAIM_KINDS, check_claim, check_claims, claims, papers, published_rows
+from normlab.reporting.aggregate import flatten_norm_params, format_cell, seed_summary
+from normlab.reporting.papers import (
+    CLAIM_KINDS,
+    check_claim,
+    check_claims,
+    claims,
+    papers,
+    published_rows,
+)
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from normlab.plots import (
+from normlab.reporting.plots import (
     epoch_curves,
     plot_accuracy_by_epoch,
     plot_accuracy_vs_batch,

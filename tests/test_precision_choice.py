@@ -1,4 +1,4 @@
-"""Mixed precision where the machine runs it natively (normlab.precision): scale=cifar asks for
+"""Mixed precision where the machine runs it natively (normlab.platform.precision): scale=cifar asks for
 bf16-mixed, which an AVX2-only CPU emulates with 31x slower convolutions, so a preset there
 runs in float32 and records it."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-import normlab.precision
-from normlab.precision import native_precision
+import normlab.platform.precision
+from normlab.platform.precision import native_precision
 from tests.helpers import compose_config
 
 
@@ -15,7 +15,7 @@ from tests.helpers import compose_config
 def test_bf16_on_the_cpu_only_where_it_is_native(
     monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    monkeypatch.setattr(normlab.precision, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(normlab.platform.precision, "cpu_has_native_bf16", lambda: native)
     assert native_precision("bf16-mixed", "cpu") == ("bf16-mixed" if native else "32-true")
     assert native_precision("16-mixed", "cpu") == "32-true"  # fp16 autocast is a CUDA setting
     assert native_precision("32-true", "cpu") == "32-true"
@@ -25,9 +25,9 @@ def test_bf16_on_the_cpu_only_where_it_is_native(
 def test_a_preset_resolves_and_records_the_precision_it_runs(
     monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    from normlab.build import run_axes
+    from normlab.job.build import run_axes
 
-    monkeypatch.setattr(normlab.precision, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(normlab.platform.precision, "cpu_has_native_bf16", lambda: native)
     cfg = compose_config(["experiment=bn_baseline"])
     expected = "bf16-mixed" if native else "32-true"
     assert cfg.trainer.precision == expected
@@ -37,4 +37,4 @@ def test_a_preset_resolves_and_records_the_precision_it_runs(
 
 
 def test_this_machine_answers_without_error() -> None:
-    assert isinstance(normlab.precision.cpu_has_native_bf16(), bool)
+    assert isinstance(normlab.platform.precision.cpu_has_native_bf16(), bool)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from normlab.provenance import provenance_summary
+from normlab.platform.provenance import provenance_summary
 from tests.helpers import Shrink, run_in_process
 
 REPO = Path(__file__).resolve().parents[1]

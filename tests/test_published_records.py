@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from normlab.run_records import export_records
+from normlab.reporting.run_records import export_records
 from tests.helpers import REPO_ROOT, Shrink, run_train
 
 

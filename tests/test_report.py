@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from normlab.aggregate import seed_summary
-from normlab.paper_report import flatten_norm_params
-from normlab.report import (
+from normlab.reporting.aggregate import seed_summary
+from normlab.reporting.paper_report import flatten_norm_params
+from normlab.reporting.report import (
     accuracy_table,
     collect_results,
     status_counts,
@@ -137,7 +137,7 @@ def test_table_keeps_every_axis_the_sweep_varied_as_rows(
 def test_malformed_results_are_named_and_the_report_goes_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from normlab.sweep import summary_line
+    from normlab.platform.sweep import summary_line
 
     make_sweep(tmp_path)
     bad = {"list": "[]", "null": "null", "types": '{"status": "completed", "val_acc": "high"}',

@@ -1,4 +1,4 @@
-"""A sweep's committed run records (normlab.run_records) give back the sweep's own report, and
+"""A sweep's committed run records (normlab.reporting.run_records) give back the sweep's own report, and
 docs/results.md is exactly what `make results` writes from the committed records."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from normlab.report import collect_results, write_report
+from normlab.reporting.report import collect_results, write_report
+from normlab.reporting.run_records import export_records, load_records, materialize_records
 from normlab.results import write_results
-from normlab.run_records import export_records, load_records, materialize_records
 
 REPO = Path(__file__).resolve().parents[1]
 

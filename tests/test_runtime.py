@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from normlab.runtime import (
+from normlab.platform.runtime import (
     CORES_ENV,
     configure_threads,
     cores_per_job,
@@ -63,7 +63,7 @@ def test_cores_per_job_shares_the_machine_among_jobs_started_at_once() -> None:
 def test_configure_threads_sets_torch_and_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("normlab.runtime._LAUNCH_ENV", {CORES_ENV: "1"})
+    monkeypatch.setattr("normlab.platform.runtime._LAUNCH_ENV", {CORES_ENV: "1"})
     monkeypatch.setenv("OMP_NUM_THREADS", "9")
     before = torch.get_num_threads()
     try:

@@ -1,5 +1,5 @@
 """hydra/launcher=slurm asks SLURM for what the trainer needs, refuses contradictions and
-requests no node can hold before submitting, and records a job SLURM killed (normlab.slurm)."""
+requests no node can hold before submitting, and records a job SLURM killed (normlab.platform.slurm)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from normlab.results import write_results
-from normlab.slurm import (
+from normlab.platform.slurm import (
     Partition,
     SlurmRequestError,
     _gres_gpus,
@@ -18,6 +17,7 @@ from normlab.slurm import (
     record_lost_job,
     slurm_request,
 )
+from normlab.results import write_results
 from tests.helpers import compose_config
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast

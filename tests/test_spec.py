@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from normlab.build import run_axes
-from normlab.spec import RunSpec, run_spec
+from normlab.job.build import run_axes
+from normlab.job.spec import RunSpec, run_spec
 from tests.helpers import compose_config
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast

@@ -1,4 +1,4 @@
-"""What a sweep command did (normlab.sweep's ledger), a job recorded before anything can raise,
+"""What a sweep command did (normlab.platform.sweep's ledger), a job recorded before anything can raise,
 and bad input meaning normlab's own checks only."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from normlab.results import is_bad_input
-from normlab.sweep import (
+from normlab.platform.sweep import (
     COMMAND_ENV,
     command_tally,
     note_job,
@@ -17,6 +16,7 @@ from normlab.sweep import (
     start_command,
     summary_line,
 )
+from normlab.results import is_bad_input
 from tests.helpers import run_in_process
 
 
@@ -83,7 +83,7 @@ def _raise_inside_a_library() -> None:
 def test_bad_input_is_only_what_normlabs_own_checks_raise() -> None:
     """A ValueError from a library (the CSV logger's 'dict contains fields not in fieldnames'
     when two processes shared a folder) was recorded bad_input and never retried."""
-    from normlab.spec import virtual_devices
+    from normlab.job.spec import virtual_devices
 
     with pytest.raises(ValueError) as own:
         virtual_devices(0)

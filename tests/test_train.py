@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from normlab.platform.runtime import owned_cores
 from normlab.results import RESULT_FIELDS, SOMETIMES_FIELDS
-from normlab.runtime import owned_cores
 from tests.helpers import compose_config, run_train
 
 

@@ -42,7 +42,7 @@ def test_online_without_key_warns_once_and_trains(tmp_path: Path, shrink: Shrink
 
 
 def test_tags_carry_every_swept_axis_and_the_group_names_the_preset() -> None:
-    from normlab.wandb_logging import run_tags, sweep_group
+    from normlab.platform.wandb_logging import run_tags, sweep_group
     from tests.helpers import compose_config
 
     cfg = compose_config(["experiment=rethinking_ema", "seed=2", "precise_bn.num_samples=2000"])

@@ -18,6 +18,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.console import error_line
+from normlab.platform.sweep import note_job, summary_line
+from normlab.reporting.run_records import RUN_KEY, published_record
 from normlab.results import RunResult, finished_result, is_bad_input, write_results
 from normlab.run_folder import (
     Fingerprint,
@@ -28,8 +30,6 @@ from normlab.run_folder import (
     fingerprint,
     preflight_claim,
 )
-from normlab.run_records import RUN_KEY, published_record
-from normlab.sweep import note_job, summary_line
 
 
 def quiet_hydra_warnings() -> None:
@@ -405,7 +405,7 @@ def claim_named_run_folder(args: Sequence[str], conf_dir: Path) -> None:
     folder = named_run_dir(overrides, conf_dir)
     if folder is None:
         return
-    from normlab.environment import process_rank  # heavy (torch): only for a named folder
+    from normlab.platform.environment import process_rank  # heavy (torch): only for a named folder
 
     if process_rank() != 0:
         return
@@ -427,8 +427,8 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     a folder another process runs in, or that holds another run, fails the job with one line
     and nothing written into it.
     """
-    from normlab.environment import process_rank  # heavy imports after argument checks
-    from normlab.interruptions import take_stop_signal
+    from normlab.platform.environment import process_rank  # heavy imports after argument checks
+    from normlab.platform.interruptions import take_stop_signal
     from normlab.train import run
 
     hydra_cfg = HydraConfig.get()

@@ -48,7 +48,7 @@ def is_bad_input(error: BaseException) -> bool:
     return any(origin.is_relative_to(root) for root in _OWN_CODE)
 
 
-Column = Annotated[T, COLUMN]  # normlab.report.COLUMNS, in the order of RunResult
+Column = Annotated[T, COLUMN]  # normlab.reporting.report.COLUMNS, in the order of RunResult
 Sometimes = Annotated[T, SOMETIMES]  # absent from a finished run unless it applies
 
 
@@ -56,7 +56,7 @@ class RunResult(TypedDict, total=False):
     """A run's results.json. A running job's file holds the axes, status and output_dir; a
     finished one every field but the Sometimes ones that do not apply; NaN is written null."""
 
-    # the hyper-parameters a sweep varies (normlab.build.run_axes)
+    # the hyper-parameters a sweep varies (normlab.job.build.run_axes)
     norm: Column[str]
     norm_params: dict[str, Any]
     batch_size: Column[int]  # per device
@@ -74,7 +74,7 @@ class RunResult(TypedDict, total=False):
     precision: Column[str]  # trainer.precision: 32-true, bf16-mixed, 16-mixed, ...
     max_epochs: int | None  # trainer.max_epochs: the budget (epochs: how many it trained)
     memory_format: Column[str]  # channels_last or contiguous (model.channels_last)
-    provenance: dict[str, Any]  # normlab.provenance.Provenance: code, torch, device
+    provenance: dict[str, Any]  # normlab.platform.provenance.Provenance: code, torch, device
     # the job
     status: Column[Status]
     debug: Sometimes[str]  # what made it a debug run: 'debug=limit, trainer.limit_train_batches=3'

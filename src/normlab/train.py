@@ -1,7 +1,7 @@
 """run(cfg): one training job from a composed config to results.json.
 
 The run folder is claimed through normlab.run_folder (its lock and the fingerprint of the run
-it holds); the parts come from normlab.build.build_run; this module fits them and records the
+it holds); the parts come from normlab.job.build.build_run; this module fits them and records the
 outcome.
 """
 
@@ -15,10 +15,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.build import Run, build_run, run_axes
-from normlab.callbacks import read_fit_summary
 from normlab.console import print_config
-from normlab.environment import (
+from normlab.job.build import Run, build_run, run_axes
+from normlab.job.callbacks import read_fit_summary
+from normlab.job.spec import run_spec
+from normlab.platform.environment import (
     check_devices,
     device_count,
     effective_strategy,
@@ -27,12 +28,11 @@ from normlab.environment import (
     slurm_job_id,
     under_slurm,
 )
+from normlab.platform.runtime import configure_threads
+from normlab.platform.wandb_logging import log_results_table
 from normlab.results import RunResult, compared_metric, is_bad_input, redact, write_results
 from normlab.run_folder import RunFolder, already_line, claimed, fingerprint
-from normlab.runtime import configure_threads
-from normlab.spec import run_spec
 from normlab.stats.evaluate import domain_shift_accuracy
-from normlab.wandb_logging import log_results_table
 
 
 def run(cfg: DictConfig, output_dir: Path) -> RunResult:

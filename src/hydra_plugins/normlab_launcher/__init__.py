@@ -19,16 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.normlab_sweeper import job_config
 from normlab.console import error_line
-from normlab.results import RESULTS_FILE, read_results
-from normlab.runtime import CORES_ENV, cores_per_job, owned_cores
-from normlab.slurm import (
+from normlab.platform.runtime import CORES_ENV, cores_per_job, owned_cores
+from normlab.platform.slurm import (
     SlurmRequestError,
     check_fits,
     partition_info,
     record_lost_job,
     slurm_request,
 )
-from normlab.sweep import note_job, noted_once
+from normlab.platform.sweep import note_job, noted_once
+from normlab.results import RESULTS_FILE, read_results
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class SharedCoresLocalLauncher(LocalLauncher):
 
     Upstream starts all jobs of a sweep at once and pins no cores. This tells every job its
     share (`cpus_per_task`, or the cores this process owns divided by the jobs running at once)
-    through NORMLAB_CPUS_PER_JOB, which normlab.runtime reads; and it runs at most
+    through NORMLAB_CPUS_PER_JOB, which normlab.platform.runtime reads; and it runs at most
     `jobs_at_once` jobs at a time, in waves (null: cores // cpus_per_task when cpus_per_task is
     set, e.g. two 1-thread jobs side by side on 2 cores; all at once otherwise)."""
 
@@ -69,7 +69,7 @@ def jobs_at_once(jobs: int, requested: int | None, cpus_per_task: int | None) ->
 
 
 class NormlabSlurmLauncher(SlurmLauncher):
-    """hydra-submitit-launcher's SLURM launcher, with three changes (normlab.slurm):
+    """hydra-submitit-launcher's SLURM launcher, with three changes (normlab.platform.slurm):
 
     - each job's SLURM request (GPUs, tasks, cores per task, nodes) follows its trainer, the
       launcher's values where given; a contradiction, or a request no node of the partition can

@@ -21,8 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.console import error_line
+from normlab.platform.sweep import note_planned
 from normlab.run_folder import FolderHoldsAnotherRun, RunFolder, fingerprint
-from normlab.sweep import note_planned
 
 
 class NormlabSweeper(BasicSweeper):

@@ -146,7 +146,7 @@ class OptimConfig:
     """The keys every optimizer config has, and `optim=custom` as it is: any optimizer class by
     `optim._target_`, its own arguments added with `+optim.<arg>=...`.
 
-    normlab.optim.build_optimizer builds the optimizer with `hydra.utils.instantiate` (always
+    normlab.job.optim.build_optimizer builds the optimizer with `hydra.utils.instantiate` (always
     `_partial_`), over normlab's parameter groups, from every key but normlab's own
     (OPTIM_OWN_KEYS: lr, ref_batch_size, weight_decay, norm_weight_decay), which it reads itself:
     the class gets lr scaled by the linear scaling rule, and weight_decay per parameter group."""
@@ -234,7 +234,7 @@ class WandbLoggerConfig(LoggerConfig):
 # ----------------------------------------------------------------------------- callbacks
 @dataclass
 class CheckpointConfig:
-    """normlab's checkpoints in <run folder>/checkpoints (normlab.callbacks)."""
+    """normlab's checkpoints in <run folder>/checkpoints (normlab.job.callbacks)."""
 
     enabled: bool = True  # false: no checkpoint at all
     save_best: bool = True  # best.ckpt, by val/acc
@@ -248,7 +248,7 @@ class CallbacksConfig:
     progress: str = "rich"  # rich, tqdm or none
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # any other Lightning callback by name: {_target_: <class>, <argument>: ...} (or null: off),
-    # left open, its entries checked when they are instantiated (normlab.callbacks.extra_callbacks)
+    # left open, its entries checked when they are instantiated (normlab.job.callbacks.extra_callbacks)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

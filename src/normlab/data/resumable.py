@@ -1,6 +1,6 @@
 """A training DataLoader that a mid-epoch checkpoint resumes exactly.
 
-normlab.interruptions checkpoints at the end of a training batch when a cluster warns a job;
+normlab.platform.interruptions checkpoints at the end of a training batch when a cluster warns a job;
 this loader's state (batches served this epoch, the random state after them) goes into that
 checkpoint, and a resumed run continues at the next batch with the same random state. Exact with
 num_workers=0 (in-memory data sets), where the augmentations draw from the process's generators;

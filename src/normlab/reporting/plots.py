@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from normlab.aggregate import axis_label, seed_summary  # noqa: E402
+from normlab.reporting.aggregate import axis_label, seed_summary  # noqa: E402
 
 DIAGNOSTIC_METRICS = ("collapse_ratio", "instance_ratio", "act_std")
 

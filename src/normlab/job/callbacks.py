@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from normlab.data.resumable import HandBackLoaderState
 from normlab.diagnostics.callback import DiagnosticsMonitor
-from normlab.interruptions import RunClock, SignalCheckpoint
+from normlab.platform.interruptions import RunClock, SignalCheckpoint
 from normlab.results import RunResult
 from normlab.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
 from normlab.stats.callbacks import (
@@ -244,7 +244,7 @@ def synchronize(device: torch.device) -> None:
 
 class _TrainLossInProgressBar:
     """Shows the latest training loss the module read back (a host float, see
-    normlab.lit.Classifier), so the bar never converts a device tensor per step."""
+    normlab.job.lit.Classifier), so the bar never converts a device tensor per step."""
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)  # type: ignore[misc]

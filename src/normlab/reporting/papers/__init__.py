@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from normlab.aggregate import axis_label
+from normlab.reporting.aggregate import axis_label
 
 CLAIM_KINDS = ("better", "not_worse", "order", "less_spread", "close", "diverges", "wider_gap")
 Selector = dict[str, Any]
@@ -72,7 +72,7 @@ class Verdict:
 
 @cache
 def _data() -> dict[str, Any]:
-    text = resources.files("normlab.papers").joinpath("published.yaml").read_text()
+    text = resources.files("normlab.reporting.papers").joinpath("published.yaml").read_text()
     return yaml.safe_load(text)
 
 

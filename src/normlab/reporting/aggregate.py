@@ -30,7 +30,7 @@ def flatten_norm_params(frame: pd.DataFrame) -> pd.DataFrame:
 
 def own_runs(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows that are runs, without the rows of PreciseBN evaluations compared within a run
-    (precise_bn.compare_samples; normlab.report.compared_rows), which name it in
+    (precise_bn.compare_samples; normlab.reporting.report.compared_rows), which name it in
     `compared_from`."""
     if "compared_from" not in frame:
         return frame
@@ -42,7 +42,7 @@ def seed_summary(
 ) -> pd.DataFrame:
     """Per setting of `axes`: mean and sample std of `value` (x `scale`) over completed runs, n,
     and how many runs of that setting failed, diverged or have not finished. Records that could
-    not be read (status `unreadable`: normlab.report.collect_results names each) hold no setting
+    not be read (status `unreadable`: normlab.reporting.report.collect_results names each) hold no setting
     to group by and are left out; the report's runs line counts them."""
     if "status" in frame:
         frame = frame[frame["status"] != UNREADABLE]

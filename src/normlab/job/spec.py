@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.environment import world_size
-from normlab.optim import scaled_lr
+from normlab.job.optim import scaled_lr
+from normlab.platform.environment import world_size
 
 
 @dataclass(frozen=True)

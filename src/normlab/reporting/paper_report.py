@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from normlab.aggregate import (
+from normlab.reporting.aggregate import (
     COUNT_COLUMNS,
     axis_label,
     flatten_norm_params,
@@ -18,8 +18,12 @@ from normlab.aggregate import (
     own_runs,
     seed_summary,
 )
-from normlab.papers import PublishedRow, Verdict, check_claims, papers, published_rows
-from normlab.plots import plot_accuracy_by_epoch, plot_accuracy_vs_batch, plot_diagnostics_by_depth
+from normlab.reporting.papers import PublishedRow, Verdict, check_claims, papers, published_rows
+from normlab.reporting.plots import (
+    plot_accuracy_by_epoch,
+    plot_accuracy_vs_batch,
+    plot_diagnostics_by_depth,
+)
 
 # Run axes a sweep may vary, in table order, with the names a reader knows them by.
 AXIS_NAMES = {

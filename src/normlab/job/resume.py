@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from normlab.checkpoint_io import unreadable_reason
+from normlab.job.checkpoint_io import unreadable_reason
 from normlab.run_folder import CHECKPOINT_SUFFIX, RunFolder
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.environment import job_overrides
+from normlab.platform.environment import job_overrides
 from normlab.results import redact
 from normlab.run_folder import RunFolder
 

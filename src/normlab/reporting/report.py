@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from normlab.aggregate import UNREADABLE, axis_label, flatten_norm_params, own_runs
-from normlab.paper_report import swept_axes, with_epoch_budget, write_paper_report
+from normlab.reporting.aggregate import UNREADABLE, axis_label, flatten_norm_params, own_runs
+from normlab.reporting.paper_report import swept_axes, with_epoch_budget, write_paper_report
 from normlab.results import (
     COLUMN_FIELDS,
     RESULTS_FILE,
@@ -91,7 +91,7 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
 def varied_axes(frame: pd.DataFrame) -> list[str]:
     """The swept axes besides norm and batch size (the table's columns) of a frame whose norm
     parameters are flattened, as every report of normlab defines them
-    (normlab.paper_report.swept_axes)."""
+    (normlab.reporting.paper_report.swept_axes)."""
     return [a for a in swept_axes(frame) if a not in ("norm", "batch_size")]
 
 
@@ -121,7 +121,7 @@ def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(folder: Path) -> dict[str, Path]:
     """results.csv (one row per run), table.txt (best accuracy, norm x batch), and the paper-style
-    report (report.md, summary.csv, figures: see normlab.paper_report) in `folder`."""
+    report (report.md, summary.csv, figures: see normlab.reporting.paper_report) in `folder`."""
     frame = collect_results(folder)
     outputs = {"csv": folder / "results.csv", "table": folder / "table.txt"}
     frame[[c for c in ["run", *COLUMNS] if c in frame]].to_csv(outputs["csv"], index=False)

@@ -2,7 +2,7 @@
 
 The data module, the model with its norm, the LightningModule that trains it and the shifted
 domain of `precise_bn.data`, from the composed config. No Trainer, callback, logger or run
-folder: normlab.build adds those (the harness) for training; eval.py and choose_alpha build
+folder: normlab.job.build adds those (the harness) for training; eval.py and choose_alpha build
 only this, with the weights of a checkpoint.
 """
 
@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from normlab.data import ImageDataModule, build_datamodule
-from normlab.lit import Classifier
+from normlab.job.lit import Classifier
+from normlab.job.spec import RunSpec, run_spec
 from normlab.models import build_model
 from normlab.norms import norm_factory, set_virtual_batch_size
-from normlab.spec import RunSpec, run_spec
 
 
 @dataclass
@@ -28,13 +28,13 @@ class Experiment:
     datamodule: ImageDataModule
     model: nn.Module
     module: Classifier
-    spec: RunSpec  # norm, batch, devices, global batch and learning rate (normlab.spec)
+    spec: RunSpec  # norm, batch, devices, global batch and learning rate (normlab.job.spec)
     target: ImageDataModule | None = None  # the shifted domain of precise_bn.data
 
 
 def build_experiment(cfg: DictConfig, spec: RunSpec | None = None) -> Experiment:
     """Seed, then build the run's data (set up for fit), model and LightningModule; `spec`:
-    the run's spec when the caller already read it (normlab.spec.run_spec). A bad value is
+    the run's spec when the caller already read it (normlab.job.spec.run_spec). A bad value is
     refused in one line before anything is trained."""
     spec = spec or run_spec(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from normlab.environment import device_count
+from normlab.platform.environment import device_count
 from normlab.results import RESULTS_FILE, RunResult, read_results, write_results
 
 AUTO = "auto"

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
-from normlab.optim import DecayTargets, build_optimizer, lr_lambda, optimizer_factory
+from normlab.job.optim import DecayTargets, build_optimizer, lr_lambda, optimizer_factory
 
 EPOCH_SO_FAR = "normlab_epoch_so_far"  # checkpoint key: the running epoch's loss and accuracy sums
 
@@ -31,7 +31,7 @@ def guard_optimizer(optimizer: torch.optim.Optimizer, found_inf: Tensor) -> None
     Switches torch's SGD to its fused kernel, which reads `found_inf` on the device as AMP's
     GradScaler does, so skipping a step needs no host synchronisation. Called again after a
     checkpoint restored the parameter groups (they carry the `fused` setting). The optimizers
-    normlab.optim builds (any `optim._target_`) guard themselves: `skip_steps_when`.
+    normlab.job.optim builds (any `optim._target_`) guard themselves: `skip_steps_when`.
     """
     if isinstance(optimizer, DecayTargets):
         optimizer.skip_steps_when(found_inf)

@@ -4,7 +4,7 @@ Sweep folders hold checkpoints and logs and are never committed, so a published 
 would be lost with the machine that ran it. `export_records` keeps what reports read (each
 job's results.json) in a JSON Lines file, with every path made relative to the project;
 `materialize_records` writes them back as a folder of results.json files, which the sweep
-report (normlab.report.write_report) reads like the sweep folder itself.
+report (normlab.reporting.report.write_report) reads like the sweep folder itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """build_run(cfg, output_dir): a run's parts from its composed config, ready to fit.
 
-The experiment (data, model, LightningModule: normlab.experiment) and the harness that trains
+The experiment (data, model, LightningModule: normlab.job.experiment) and the harness that trains
 it (callbacks, loggers, Trainer, the checkpoint to resume), checked against this machine
 first: normlab.train fits what it returns. Evaluation builds only the experiment.
 """
@@ -22,10 +22,14 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig
 from torch import nn
 
-from normlab.callbacks import build_callbacks
-from normlab.checkpoint_io import AtomicCheckpointIO
 from normlab.data import ImageDataModule
-from normlab.environment import (
+from normlab.job.callbacks import build_callbacks
+from normlab.job.checkpoint_io import AtomicCheckpointIO
+from normlab.job.experiment import Experiment, build_experiment
+from normlab.job.lit import Classifier
+from normlab.job.resume import csv_version, resume_checkpoint
+from normlab.job.spec import RunSpec, run_spec
+from normlab.platform.environment import (
     check_devices,
     cluster_plugins,
     job_overrides,
@@ -33,13 +37,9 @@ from normlab.environment import (
     trainer_args,
     under_slurm,
 )
-from normlab.experiment import Experiment, build_experiment
-from normlab.lit import Classifier
-from normlab.provenance import provenance
+from normlab.platform.provenance import provenance
 from normlab.results import RunResult
-from normlab.resume import csv_version, resume_checkpoint
 from normlab.run_folder import CSV_DIR, PROFILER_NAME, TENSORBOARD_DIR
-from normlab.spec import RunSpec, run_spec
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Harness:
     callbacks: list[L.Callback]
     loggers: list[Logger]
     trainer: L.Trainer
-    ckpt_path: str | None  # the checkpoint to resume from (normlab.resume)
+    ckpt_path: str | None  # the checkpoint to resume from (normlab.job.resume)
     resume_fallback: str | None  # why last.ckpt was not resumed from, when it could not be read
 
 
@@ -115,9 +115,9 @@ def build_run(
     devices_checked: bool = False,
 ) -> Run:
     """Check the config against this machine and the data, then build the experiment
-    (normlab.experiment) and the harness that trains it, writing into `output_dir`; `verbose`
+    (normlab.job.experiment) and the harness that trains it, writing into `output_dir`; `verbose`
     prints the effective learning rate. `spec`: the run's spec when the caller already read it
-    (normlab.spec.run_spec); `devices_checked`: the caller already refused a machine without
+    (normlab.job.spec.run_spec); `devices_checked`: the caller already refused a machine without
     the devices asked for."""
     quiet_lightning()
     spec = spec or run_spec(cfg)
@@ -138,7 +138,7 @@ def build_run(
 
 def build_harness(cfg: DictConfig, spec: RunSpec, output_dir: Path) -> Harness:
     """The callbacks, loggers and Trainer of a run writing into `output_dir`, and the
-    checkpoint it resumes from (normlab.resume)."""
+    checkpoint it resumes from (normlab.job.resume)."""
     resume_point = resume_checkpoint(output_dir, cfg.ckpt_path, bool(cfg.resume))
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -294,7 +294,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
             TensorBoardLogger(save_dir=str(output_dir), name=TENSORBOARD_DIR, version="")
         )
     if cfg.logger.wandb and process_rank() == 0:
-        from normlab.wandb_logging import build_wandb_logger
+        from normlab.platform.wandb_logging import build_wandb_logger
 
         wandb_logger = build_wandb_logger(cfg, output_dir)
         if wandb_logger is not None:
@@ -306,6 +306,6 @@ def close_loggers(loggers: list[Logger], failed: bool = False) -> None:
     """End what a logger started beyond Lightning's own teardown: the W&B run."""
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
-            from normlab.wandb_logging import finish
+            from normlab.platform.wandb_logging import finish
 
             finish(logger, failed)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.checkpoint_io import load_failure
-from normlab.experiment import Experiment, build_experiment, build_target_domain
+from normlab.job.checkpoint_io import load_failure
+from normlab.job.experiment import Experiment, build_experiment, build_target_domain
 from normlab.norms.population import population_layers, state_guard
 from normlab.results import redact
 from normlab.run_folder import (
@@ -118,7 +118,7 @@ def apply_overrides(cfg: DictConfig, overrides: dict[str, Any], source: Path) ->
 def eval_config(cfg: DictConfig, accelerator: str | None = None) -> DictConfig:
     """The run's config, resolved, on one device of `accelerator` (cpu or gpu; None: the run's
     GPU if it used one and it is still there, else the CPU). Nothing else changes: evaluation
-    builds only the experiment (normlab.experiment), never the run's Trainer or loggers."""
+    builds only the experiment (normlab.job.experiment), never the run's Trainer or loggers."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise ValueError("trainer=gpu: this machine has no CUDA GPU; give trainer=cpu")
