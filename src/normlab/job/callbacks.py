@@ -71,7 +71,7 @@ def build_callbacks(
     if bar is not None:
         callbacks.append(bar)
     callbacks.extend(statistics_callbacks(cfg, virtual_devices, world_size))
-    callbacks.append(diagnostics_callback(cfg, output_dir))
+    callbacks.append(diagnostics_callback(cfg.diagnostics, output_dir))
     callbacks.extend(extra_callbacks(cfg.callbacks.extra))
     return callbacks
 
@@ -144,12 +144,12 @@ def statistics_callbacks(
     return callbacks
 
 
-def diagnostics_callback(cfg: DictConfig, output_dir: Path) -> DiagnosticsMonitor:
-    """The diagnostics monitor (idle when diagnostics.every_n_epochs is 0)."""
-    every = int(cfg.diagnostics.every_n_epochs)
+def diagnostics_callback(diagnostics_cfg: DictConfig, output_dir: Path) -> DiagnosticsMonitor:
+    """The diagnostics monitor of the `diagnostics` config (idle when every_n_epochs is 0)."""
+    every = int(diagnostics_cfg.every_n_epochs)
     if every < 0:
         raise ValueError(f"diagnostics.every_n_epochs must be >= 0, got {every}")
-    return DiagnosticsMonitor(every, int(cfg.diagnostics.probe_size), output_dir)
+    return DiagnosticsMonitor(every, int(diagnostics_cfg.probe_size), output_dir)
 
 
 def extra_callbacks(extra: DictConfig | None, key: str = "callbacks.extra") -> list[L.Callback]:
