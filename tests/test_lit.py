@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from normlab.job.lit import Classifier, guard_optimizer, optimizer_step_hooks
+from normlab.job.optim import SGDWithDecayTargets
 
 pytestmark = pytest.mark.fast  # in-process: make test-fast
 
@@ -108,7 +109,7 @@ def test_guarded_optimizer_skips_its_whole_update_on_the_flag() -> None:
     reference = nn.Linear(5, 2)
     reference.load_state_dict(model.state_dict())
     flag = torch.zeros(1)
-    guarded = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    guarded = SGDWithDecayTargets(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     guard_optimizer(guarded, flag)
     x = torch.randn(8, 5)
@@ -125,7 +126,7 @@ def test_guarded_optimizer_skips_its_whole_update_on_the_flag() -> None:
 
 
 def test_guard_refuses_other_optimizers() -> None:
-    with pytest.raises(TypeError, match="needs torch.optim.SGD"):
+    with pytest.raises(TypeError, match="needs an optimizer built by normlab"):
         guard_optimizer(torch.optim.Adam(nn.Linear(2, 2).parameters()), torch.zeros(1))
 
 

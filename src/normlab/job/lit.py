@@ -28,22 +28,16 @@ EPOCH_SO_FAR = "normlab_epoch_so_far"  # checkpoint key: the running epoch's los
 def guard_optimizer(optimizer: torch.optim.Optimizer, found_inf: Tensor) -> None:
     """Make `optimizer` skip its whole update (weights, momentum) whenever `found_inf` is 1.
 
-    Switches torch's SGD to its fused kernel, which reads `found_inf` on the device as AMP's
-    GradScaler does, so skipping a step needs no host synchronisation. Called again after a
-    checkpoint restored the parameter groups (they carry the `fused` setting). The optimizers
-    normlab.job.optim builds (any `optim._target_`) guard themselves: `skip_steps_when`.
-    """
-    if isinstance(optimizer, DecayTargets):
-        optimizer.skip_steps_when(found_inf)
-        return
-    if not isinstance(optimizer, torch.optim.SGD):
+    The optimizers normlab.job.optim builds (any `optim._target_`) guard themselves
+    (`DecayTargets.skip_steps_when`: fused kernels read the flag on the device as AMP's
+    GradScaler does, others on the host). Called again after a checkpoint restored the
+    parameter groups (they carry the `fused` setting)."""
+    if not isinstance(optimizer, DecayTargets):
         raise TypeError(
-            f"the divergence guard needs torch.optim.SGD, got {type(optimizer).__name__}"
+            "the divergence guard needs an optimizer built by normlab.job.optim.build_optimizer, "
+            f"got {type(optimizer).__name__}"
         )
-    for group in optimizer.param_groups:
-        group["fused"] = True
-        group["foreach"] = None
-    optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+    optimizer.skip_steps_when(found_inf)
 
 
 def optimizer_step_hooks(model: nn.Module) -> list[Callable[[], None]]:
