@@ -4,6 +4,7 @@ composed config once, and what the run records and prints derived from it."""
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
 from normlab.job.build import run_axes
 from normlab.job.spec import RunSpec, run_spec
@@ -41,3 +42,26 @@ def test_a_bad_virtual_device_count_is_named(value: object) -> None:
     cfg.virtual_devices = value
     with pytest.raises(ValueError, match="virtual_devices must be an int >= 1"):
         run_spec(cfg)
+
+
+def test_the_spec_holds_the_runs_settings_typed_by_their_schemas() -> None:
+    """Callbacks read typed settings from the spec, not string keys of the whole config."""
+    from normlab.config.schemas import CheckpointConfig, DebugConfig, PreciseBNConfig
+
+    cfg = compose_config(["precise_bn.num_samples=100", "callbacks.checkpoint.save_best=false",
+                          "seed=3", "eval_stats=batch", "callbacks.progress=none"])  # fmt: skip
+    spec = run_spec(cfg)
+    assert isinstance(spec.precise_bn, PreciseBNConfig) and spec.precise_bn.num_samples == 100
+    assert isinstance(spec.checkpoint, CheckpointConfig) and spec.checkpoint.save_best is False
+    assert isinstance(spec.debug, DebugConfig) and spec.debug.stop_after_epochs is None
+    assert (spec.seed, spec.eval_stats, spec.progress) == (3, "batch", "none")
+
+
+def test_a_saved_config_of_an_older_run_reads_into_the_schema() -> None:
+    """eval.py reads a run folder's plain YAML: keys the schema no longer has are left out,
+    keys it gained take the schema's defaults."""
+    from normlab.config.schemas import CheckpointConfig
+    from normlab.job.spec import typed
+
+    saved = OmegaConf.create({"enabled": True, "save_last": False, "every_n": 3})
+    assert typed(CheckpointConfig, saved) == CheckpointConfig(save_last=False)

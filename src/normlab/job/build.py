@@ -142,9 +142,7 @@ def build_harness(cfg: DictConfig, spec: RunSpec, output_dir: Path) -> Harness:
     resume_point = resume_checkpoint(output_dir, cfg.ckpt_path, bool(cfg.resume))
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    callbacks = build_callbacks(
-        cfg, output_dir, spec.virtual_devices, spec.world_size, slurm=under_slurm()
-    )
+    callbacks = build_callbacks(spec, output_dir, cfg.callbacks.extra, slurm=under_slurm())
     loggers = build_loggers(cfg, output_dir)
     try:
         args = trainer_args(cfg.trainer)
@@ -209,7 +207,7 @@ def run_axes(cfg: DictConfig, spec: RunSpec | None = None) -> RunResult:
         "data": cfg.data.name,
         "seed": int(cfg.seed),
         "devices": devices if isinstance(devices, int) else str(devices),
-        "norm_weight_decay": str(cfg.optim.get("norm_weight_decay", False)).lower(),
+        "norm_weight_decay": str(cfg.optim.norm_weight_decay).lower(),
         "base_lr": spec.base_lr,
         "precise_bn_samples": int(cfg.precise_bn.num_samples),
         "frozen_bn_last_epochs": int(cfg.frozen_bn.last_epochs),

@@ -19,8 +19,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig
 
+from normlab.config.schemas import CheckpointConfig, DiagnosticsConfig
 from normlab.data.resumable import HandBackLoaderState
 from normlab.diagnostics.callback import DiagnosticsMonitor
+from normlab.job.spec import RunSpec
 from normlab.platform.interruptions import RunClock, SignalCheckpoint
 from normlab.results import RunResult
 from normlab.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
@@ -34,21 +36,21 @@ from normlab.stats.compare import PreciseBNComparison
 
 
 def build_callbacks(
-    cfg: DictConfig,
+    spec: RunSpec,
     output_dir: Path,
-    virtual_devices: int = 1,
-    world_size: int = 1,
+    extra: DictConfig | None = None,
     slurm: bool = False,
 ) -> list[L.Callback]:
     """Every callback of a run, in the order Lightning calls them: throughput, metric history,
     seeding, buffer reconciliation, the fit summary, the run clock, cluster signals (and
     debug.stop_after_epochs), checkpoints, the progress bar, population statistics,
-    diagnostics, then `callbacks.extra`."""
-    throughput = ThroughputMonitor(int(cfg.batch_size) * virtual_devices, world_size)
+    diagnostics, then the user's (`extra`: callbacks.extra)."""
+    virtual_devices, world_size = spec.virtual_devices, spec.world_size
+    throughput = ThroughputMonitor(spec.batch_size * virtual_devices, world_size)
     history = MetricHistory()
     clock = RunClock()
-    stop_after = cfg.debug.stop_after_epochs
-    ckpt = cfg.callbacks.checkpoint
+    stop_after = spec.debug.stop_after_epochs
+    ckpt = spec.checkpoint
     saving = ckpt.enabled and ckpt.save_last
     folder = RunFolder(output_dir)
     signals = SignalCheckpoint(folder.last_checkpoint if saving else None, slurm)
@@ -58,25 +60,25 @@ def build_callbacks(
     callbacks: list[L.Callback] = [
         throughput,
         history,
-        EpochSeeding(int(cfg.seed)),
+        EpochSeeding(spec.seed),
         ReconcileNormBuffers(),
-        FitSummary(folder.fit_summary, history, throughput, stoppers, clock, cfg.debug.option),
+        FitSummary(folder.fit_summary, history, throughput, stoppers, clock, spec.debug.option),
         clock,
         HandBackLoaderState(),
         *stoppers,
     ]
     if ckpt.enabled:
         callbacks.extend(checkpoint_callbacks(folder.checkpoints, ckpt))
-    bar = progress_bar(str(cfg.callbacks.progress))
+    bar = progress_bar(spec.progress)
     if bar is not None:
         callbacks.append(bar)
-    callbacks.extend(statistics_callbacks(cfg, virtual_devices, world_size))
-    callbacks.append(diagnostics_callback(cfg.diagnostics, output_dir))
-    callbacks.extend(extra_callbacks(cfg.callbacks.extra))
+    callbacks.extend(statistics_callbacks(spec))
+    callbacks.append(diagnostics_callback(spec.diagnostics, output_dir))
+    callbacks.extend(extra_callbacks(extra))
     return callbacks
 
 
-def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpoint]:
+def checkpoint_callbacks(directory: Path, ckpt: CheckpointConfig) -> list[ModelCheckpoint]:
     """best.ckpt (highest val/acc) and last.ckpt (rewritten after every epoch, for resume).
 
     Two callbacks, because Lightning's own save_last only rewrites last.ckpt in an epoch that
@@ -105,46 +107,43 @@ def checkpoint_callbacks(directory: Path, ckpt: DictConfig) -> list[ModelCheckpo
     return callbacks
 
 
-def statistics_callbacks(
-    cfg: DictConfig, virtual_devices: int = 1, world_size: int = 1
-) -> list[L.Callback]:
+def statistics_callbacks(spec: RunSpec) -> list[L.Callback]:
     """PreciseBN, the EMA-vs-PreciseBN comparison, FrozenBN and evaluation-statistics callbacks
     (none when all are off); under virtual devices PreciseBN estimates with per-chunk statistics
     at precise_bn.batch_size."""
     callbacks: list[L.Callback] = []
     precise: PreciseBNCallback | None = None
-    num_samples = int(cfg.precise_bn.num_samples)
+    virtual_devices, seed, precise_bn = spec.virtual_devices, spec.seed, spec.precise_bn
+    num_samples = int(precise_bn.num_samples)
     if num_samples < 0:
         raise ValueError(f"precise_bn.num_samples must be >= 0, got {num_samples}")
     if num_samples > 0:
-        precise = PreciseBNCallback(
-            num_samples, int(cfg.precise_bn.batch_size), int(cfg.seed), virtual_devices
-        )
+        precise = PreciseBNCallback(num_samples, int(precise_bn.batch_size), seed, virtual_devices)
         callbacks.append(precise)
-    compare = [int(n) for n in cfg.precise_bn.compare_samples]
+    compare = [int(n) for n in precise_bn.compare_samples]
     if compare:
-        if world_size > 1:
+        if spec.world_size > 1:
             raise ValueError(
                 "precise_bn.compare_samples evaluates in one process (virtual_devices are fine); "
                 "for a DDP run, evaluate its checkpoints with eval.py 'precise_bn_samples=[...]'"
             )
         callbacks.append(
-            PreciseBNComparison(
-                compare, int(cfg.precise_bn.batch_size), int(cfg.seed), virtual_devices
-            )
+            PreciseBNComparison(compare, int(precise_bn.batch_size), seed, virtual_devices)
         )
-    if int(cfg.frozen_bn.last_epochs) > 0:
+    if int(spec.frozen_bn.last_epochs) > 0:
         callbacks.append(
             FrozenBNCallback(
-                int(cfg.frozen_bn.last_epochs), bool(cfg.frozen_bn.freeze_affine), precise
+                int(spec.frozen_bn.last_epochs), bool(spec.frozen_bn.freeze_affine), precise
             )
         )
-    if cfg.eval_stats != "population" or float(cfg.eval_alpha) > 0:
-        callbacks.append(EvalStatsCallback(str(cfg.eval_stats), float(cfg.eval_alpha)))
+    if spec.eval_stats != "population" or spec.eval_alpha > 0:
+        callbacks.append(EvalStatsCallback(spec.eval_stats, spec.eval_alpha))
     return callbacks
 
 
-def diagnostics_callback(diagnostics_cfg: DictConfig, output_dir: Path) -> DiagnosticsMonitor:
+def diagnostics_callback(
+    diagnostics_cfg: DiagnosticsConfig, output_dir: Path
+) -> DiagnosticsMonitor:
     """The diagnostics monitor of the `diagnostics` config (idle when every_n_epochs is 0)."""
     every = int(diagnostics_cfg.every_n_epochs)
     if every < 0:
