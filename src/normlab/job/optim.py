@@ -203,13 +203,13 @@ OWN_DEFAULTS = {
 }
 
 
-def optimizer_target(cfg: Mapping[str, Any]) -> str:
+def optimizer_target(optim_cfg: Mapping[str, Any]) -> str:
     """The import path of the optimizer class `optim._target_` names, else (a mapping from
     before `_target_`) the one `optim.name` names."""
-    target = cfg.get("_target_")
+    target = optim_cfg.get("_target_")
     if target:
         return str(target)
-    name = cfg.get("name")
+    name = optim_cfg.get("name")
     if name is None:
         raise ValueError(
             "optim._target_ must name an optimizer class, e.g. optim._target_=torch.optim.SGD"
@@ -222,15 +222,15 @@ def optimizer_target(cfg: Mapping[str, Any]) -> str:
     return OPTIMIZERS[name]
 
 
-def optimizer_factory(cfg: Mapping[str, Any], lr: float) -> functools.partial:
-    """The optimizer constructor `cfg` describes, awaiting only the parameters: `hydra.utils.
+def optimizer_factory(optim_cfg: Mapping[str, Any], lr: float) -> functools.partial:
+    """The optimizer constructor `optim_cfg` describes, awaiting only the parameters: `hydra.utils.
     instantiate` of the config with `_partial_` set, at learning rate `lr` (the scaled rate, in
     place of optim.lr), without normlab's own keys (NOT_ARGUMENTS). A bad `_target_` or an
     argument the class does not take is one line naming the key."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    values = _plain(cfg) if isinstance(cfg, Container) else dict(cfg)
+    values = _plain(optim_cfg) if isinstance(optim_cfg, Container) else dict(optim_cfg)
     target = optimizer_target(values)
     node = {k: v for k, v in values.items() if k not in NOT_ARGUMENTS}
     node["_target_"] = target
@@ -256,11 +256,13 @@ def optimizer_factory(cfg: Mapping[str, Any], lr: float) -> functools.partial:
     return factory
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
-    """normlab's parameter groups (build_param_groups) under the optimizer `cfg` describes
+def build_optimizer(
+    model: nn.Module, optim_cfg: Mapping[str, Any], lr: float
+) -> torch.optim.Optimizer:
+    """normlab's parameter groups (build_param_groups) under the optimizer `optim_cfg` describes
     (optimizer_factory: `hydra.utils.instantiate`, `_partial_`), at learning rate `lr`, its
     class with decay targets and the step guard mixed in (with_decay_targets)."""
-    values = _plain(cfg) if isinstance(cfg, Container) else dict(cfg)
+    values = _plain(optim_cfg) if isinstance(optim_cfg, Container) else dict(optim_cfg)
     factory = optimizer_factory(values, lr)
     own = {**OWN_DEFAULTS, **{k: v for k, v in values.items() if k in OPTIM_OWN_KEYS}}
     groups = build_param_groups(model, float(own["weight_decay"]), own["norm_weight_decay"])
@@ -273,15 +275,15 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
 
 
-def schedule_settings(cfg: Mapping[str, Any]) -> CosineConfig | StepConfig:
+def schedule_settings(sched_cfg: Mapping[str, Any]) -> CosineConfig | StepConfig:
     """The `sched` group's settings as its schema declares them: the schema is the one place a
     default lives (a key not given takes the schema's value); an unknown schedule or key is
     one line naming the valid ones."""
     schemas: dict[str, type] = GROUP_SCHEMAS["sched"]
-    name = cfg.get("name")
+    name = sched_cfg.get("name")
     if name not in schemas:
         raise ValueError(f"sched.name must be one of {', '.join(schemas)}, got '{name}'")
-    values = _plain(cfg) if isinstance(cfg, Container) else dict(cfg)
+    values = _plain(sched_cfg) if isinstance(sched_cfg, Container) else dict(sched_cfg)
     known = {f.name for f in dataclasses.fields(schemas[name])}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -292,11 +294,11 @@ def schedule_settings(cfg: Mapping[str, Any]) -> CosineConfig | StepConfig:
 
 
 def lr_lambda(
-    cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int
+    sched_cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int
 ) -> Callable[[int], float]:
     """Multiplier of the base rate per optimizer step: linear warm-up (at most a fifth of the
     run), then cosine or step decay."""
-    sched = schedule_settings(cfg)
+    sched = schedule_settings(sched_cfg)
     # Warm-up is capped at a fifth of the run, so one-epoch runs still decay.
     warmup = min(int(round(float(sched.warmup_epochs) * steps_per_epoch)), total_steps // 5)
 
