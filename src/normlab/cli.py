@@ -484,7 +484,7 @@ def finished_job(
     unless `resume=false`, which always runs. A sweep's job is skipped when completed, diverged
     or failed on bad input (finished_result; its overrides compared only where the folder
     records no fingerprint); a single run when completed or diverged."""
-    resume = bool(cfg.get("resume", True))
+    resume = bool(cfg.resume)
     same = folder.same_run(new, resume)
     if not resume:
         return None

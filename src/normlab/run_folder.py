@@ -438,7 +438,7 @@ def claimed(cfg: DictConfig, output_dir: Path, primary: bool = True) -> Iterator
     anything. Other ranks (`primary` false) only check: rank 0 locks and records."""
     folder = RunFolder(output_dir)
     new = fingerprint(cfg)
-    resume = bool(cfg.get("resume", True))
+    resume = bool(cfg.resume)
     with folder.locked(create=False) if primary else nullcontext():
         done = folder.finished_run(new, resume)
         if done is not None or not primary:
@@ -466,7 +466,7 @@ def preflight_claim(cfg: DictConfig, output_dir: Path) -> RunResult | None:
     folder untouched); raises as `claimed` does."""
     folder = RunFolder(output_dir)
     folder.lock(create=False)
-    done = folder.finished_run(fingerprint(cfg), bool(cfg.get("resume", True)))
+    done = folder.finished_run(fingerprint(cfg), bool(cfg.resume))
     if done is None:
         folder.lock(create=True)
     return done

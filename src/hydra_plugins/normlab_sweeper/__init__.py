@@ -66,7 +66,7 @@ class NormlabSweeper(BasicSweeper):
             with open_dict(job_cfg):
                 del job_cfg["hydra"]  # a job's own config, as Hydra hands it to the job
             try:
-                folder.same_run(fingerprint(job_cfg), bool(job_cfg.get("resume", True)))
+                folder.same_run(fingerprint(job_cfg), bool(job_cfg.resume))
             except FolderHoldsAnotherRun as error:
                 refusals.append(f"job #{num} ({' '.join(overrides)}): {error}")
         return refusals
