@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normlab.config.schemas import MODEL_SCHEMAS, field_names
+from normlab.config.schemas import MODEL_SCHEMAS, ResNetConfig, TimmConfig, field_names
 from normlab.models.binding import bind_norms_to_convs, layers_needing_conv
 from normlab.models.layers import conv_factory
 from normlab.models.resnet import BasicBlock, Bottleneck, PreActBasicBlock, ResNet
@@ -67,13 +67,24 @@ def build_model(
     image_size: int = 32,
 ) -> nn.Module:
     """Build the model that `model_cfg` names, with every norm layer from `norm`;
-    `channels_last: true` lays it out channels_last."""
-    cfg = dict(model_cfg)
-    channels_last = bool(cfg.pop("channels_last", False))
-    model = _build(cfg, norm, num_classes, in_channels, image_size)
+    `channels_last: true` lays it out channels_last. A key left out takes its schema's default
+    (config.schemas.MODEL_SCHEMAS), the one place a default lives."""
+    settings = model_settings(model_cfg)
+    model = _build(settings, norm, num_classes, in_channels, image_size)
     if layers_needing_conv(model):
         bind_norms_to_convs(model, torch.zeros(2, in_channels, image_size, image_size))
-    return to_channels_last(model) if channels_last else model
+    return to_channels_last(model) if settings.channels_last else model
+
+
+def model_settings(model_cfg: Mapping[str, Any]) -> ResNetConfig | TimmConfig:
+    """`model_cfg` as the schema of its `source` (normlab's ResNets or timm): unknown keys and
+    sources are refused in one line naming the valid ones."""
+    values = dict(model_cfg)
+    source = values.get("source", "normlab")
+    if source not in MODEL_SCHEMAS:
+        raise ValueError(f"model.source must be {' or '.join(MODEL_SCHEMAS)}, got '{source}'")
+    _check_keys(values, source)
+    return MODEL_SCHEMAS[source](**values)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -94,47 +105,44 @@ def _inputs_channels_last(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any
 
 
 def _build(
-    model_cfg: dict[str, Any],
+    settings: ResNetConfig | TimmConfig,
     norm: NormFactory,
     num_classes: int,
     in_channels: int,
     image_size: int,
 ) -> nn.Module:
-    source = model_cfg.get("source", "normlab")
-    name = model_cfg.get("name")
-    activation = model_cfg.get("activation", "relu")
-    if source not in MODEL_SCHEMAS:
-        raise ValueError(f"model.source must be {' or '.join(MODEL_SCHEMAS)}, got '{source}'")
-    _check_keys(model_cfg, source)
-    if source == "timm":
+    if isinstance(settings, TimmConfig):
         return build_timm_model(
-            str(name),
+            str(settings.name),
             norm,
             num_classes,
             in_channels,
-            activation,
-            **dict(model_cfg.get("timm_kwargs") or {}),
+            settings.activation,
+            **dict(settings.timm_kwargs or {}),
         )
+    name = settings.name
     if name not in RESNETS:
         raise ValueError(
             f"unknown model '{name}'; valid choices: {', '.join(available_models())} "
             "(timm backbones: model=timm model.name=<timm name>)"
         )
     layout = RESNETS[name]
-    preact = bool(model_cfg.get("preact", False))
-    if preact and layout.block != "basic":
+    if settings.preact and layout.block != "basic":
         raise ValueError(f"model.preact=true is available for basic-block ResNets, not {name}")
-    block = PreActBasicBlock if preact else (BasicBlock if layout.block == "basic" else Bottleneck)
+    if settings.preact:
+        block: type[nn.Module] = PreActBasicBlock
+    else:
+        block = BasicBlock if layout.block == "basic" else Bottleneck
     return ResNet(
         block,
         layout.depths,
         layout.widths,
         num_classes,
         norm,
-        conv_factory(bool(model_cfg.get("weight_standardization", False))),
+        conv_factory(bool(settings.weight_standardization)),
         in_channels=in_channels,
-        stem=_resolve_stem(model_cfg.get("stem", "auto"), image_size),
-        activation=activation,
-        shortcut=model_cfg.get("shortcut") or layout.shortcut,
-        zero_init_last=bool(model_cfg.get("zero_init_last", False)),
+        stem=_resolve_stem(settings.stem, image_size),
+        activation=settings.activation,
+        shortcut=settings.shortcut or layout.shortcut,
+        zero_init_last=bool(settings.zero_init_last),
     )
