@@ -35,7 +35,7 @@ train: $(STAMP) ## run the default job (real digits data, CPU); extra overrides 
 # The edit loop: the tests marked `fast` (in-process: layers, models, statistics, optimizer,
 # config, report; no train.py subprocess). Mark a module with `pytestmark = pytest.mark.fast`,
 # a single test with `@pytest.mark.fast` (the marker is declared in pyproject.toml).
-test-fast: $(STAMP) ## the tests marked fast (in-process, no train.py subprocesses): about 1 minute on 2 cores
+test-fast: $(STAMP) ## the tests marked fast (in-process, no train.py subprocesses): about 1.5 minutes on 2 cores
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "fast and not slow" $(ARGS)
 
 test: $(STAMP) ## the test suite CI runs (every test but the slow and cluster ones)
