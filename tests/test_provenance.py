@@ -69,7 +69,7 @@ def test_the_summary_counts_each_combination_and_the_unrecorded_runs() -> None:
     assert provenance_summary(runs) == (
         "normlab 0.1.0 at commit 0123456789 (clean), torch 2.14.1, CPU X, bf16-mixed, "
         "contiguous (2 runs); normlab 0.1.0 at commit 0123456789 (with uncommitted changes), "
-        "torch 2.14.1, CPU X, 32-true, channels_last (1 runs); not recorded (1 runs made "
+        "torch 2.14.1, CPU X, 32-true, channels_last (1 run); not recorded (1 run made "
         "before normlab recorded provenance)"
     )
 

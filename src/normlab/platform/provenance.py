@@ -96,7 +96,11 @@ def provenance_summary(records: list[dict[str, Any]]) -> str:
             f"{record.get('precision')}, {record.get('memory_format')}"
         )
         combos[text] = combos.get(text, 0) + 1
-    parts = [f"{text} ({count} runs)" for text, count in combos.items()]
+    parts = [f"{text} ({_runs(count)})" for text, count in combos.items()]
     if unrecorded:
-        parts.append(f"not recorded ({unrecorded} runs made before normlab recorded provenance)")
+        parts.append(f"not recorded ({_runs(unrecorded)} made before normlab recorded provenance)")
     return "; ".join(parts) or "no runs"
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
