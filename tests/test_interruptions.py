@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import normlab.job.build
-from normlab.platform.interruptions import REQUEUE, SignalCheckpoint
+from normlab.platform.interruptions import REQUEUE, RunClock, SignalCheckpoint
 from tests.helpers import run_in_process, shrunk
 
 # 4 steps per epoch, 2 epochs; the signal arrives during step 5 (epoch 1, its second batch)
@@ -100,6 +100,8 @@ def test_requeue_signal_checkpoints_mid_epoch_and_the_resumed_run_is_exact(
     assert not noise, "a resumed run writes into its checkpoints folder on purpose"
     assert resumed["earlier_attempts_s"] > 0
     assert resumed["wall_s"] > resumed["earlier_attempts_s"]
+    assert 0 < resumed["earlier_attempts_cpu_s"] < resumed["cpu_s"]
+    assert stopped["cpu_s"] >= resumed["earlier_attempts_cpu_s"]
     _same_run(_read(runs / "full"), resumed, runs / "full", tmp_path / "resumed")
     assert len(resumed["history"]) == 2
 
@@ -207,3 +209,16 @@ def test_sigterm_stops_a_sweep_with_its_summary_and_a_non_zero_exit(tmp_path: Pa
     ) in proc.stdout
     assert not (tmp_path / "sweep" / "1").exists(), "the later job never started"
     assert _read(tmp_path / "sweep" / "0")["status"] == "interrupted"
+
+
+@pytest.mark.fast
+def test_run_clock_adds_earlier_cpu_time_and_says_when_it_is_unknown() -> None:
+    resumed = RunClock()
+    resumed.load_state_dict({"wall_s": 10.0, "cpu_s": 7.5, "attempt": 1})
+    cpu = resumed.cpu_s()
+    assert cpu is not None and cpu >= 7.5 and resumed.attempt == 2
+    assert resumed.state_dict()["cpu_s"] >= cpu
+    older = RunClock()  # a checkpoint written before normlab counted CPU time
+    older.load_state_dict({"wall_s": 10.0, "attempt": 1})
+    assert older.cpu_s() is None and older.state_dict()["cpu_s"] is None
+    assert older.earlier_s == 10.0

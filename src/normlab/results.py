@@ -92,6 +92,10 @@ class RunResult(TypedDict, total=False):
     wall_s: Column[float]  # the whole job, construction and earlier attempts included
     attempts: int  # 1, plus one per requeue or re-run this job resumed through
     earlier_attempts_s: float  # earlier attempts' time up to the checkpoint resumed from
+    # CPU seconds of the process that wrote this record (rank 0; all its threads, not data
+    # loader workers), earlier attempts included; None where an earlier attempt did not count it
+    cpu_s: float | None
+    earlier_attempts_cpu_s: float | None  # earlier attempts' CPU time (None: not counted)
     slurm_job_id: Sometimes[str]  # a job SLURM ran: its id (array jobs: <array>_<task>)
     train_images_per_s: Column[float | None]
     val_acc5: float | None  # above 10 classes

@@ -54,7 +54,7 @@ def run(cfg: DictConfig, output_dir: Path) -> RunResult:
 def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
     """The run itself, in a folder claimed for it: results.json says `running` from the start
     and records the outcome (a failure too, with error.log) when it ends."""
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     folder = RunFolder(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # recorded first, so that whatever raises below (a bad value included) has its record
@@ -110,6 +110,10 @@ def train(cfg: DictConfig, output_dir: Path, primary: bool) -> RunResult:
         if parts is not None:
             parts.close(failed=results["status"] == "failed")
         results["wall_s"] = round(time.time() - start + results.get("earlier_attempts_s", 0), 3)
+        earlier_cpu = results.get("earlier_attempts_cpu_s", 0.0)
+        results["cpu_s"] = (
+            None if earlier_cpu is None else round(time.process_time() - cpu_start + earlier_cpu, 3)
+        )
         if primary:
             write_results(output_dir, results)
     return results

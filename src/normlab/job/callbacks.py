@@ -363,6 +363,7 @@ class FitSummary(L.Callback):
             "train_images_per_s": self.throughput.images_per_second,
             "attempts": self.clock.attempt,
             "earlier_attempts_s": round(self.clock.earlier_s, 3),
+            "earlier_attempts_cpu_s": _rounded(self.clock.earlier_cpu_s),
         }
         debug = debug_settings(trainer, self.debug_option)
         if debug:
@@ -397,3 +398,7 @@ def read_fit_summary(path: Path) -> tuple[RunResult, bool]:
     summary = json.loads(path.read_text())
     path.unlink()
     return summary["result"], bool(summary["interrupted"])
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

@@ -171,17 +171,33 @@ def _say(trainer: L.Trainer, message: str) -> None:
 
 
 class RunClock(L.Callback):
-    """Wall time and attempts of a job across requeues: every checkpoint carries the time spent
-    up to it, so a resumed attempt adds its own time to the earlier ones'."""
+    """Wall time, CPU time and attempts of a job across requeues: every checkpoint carries the
+    time spent up to it, so a resumed attempt adds its own time to the earlier ones'. The CPU
+    time is this process's (all its threads); None where an earlier attempt's checkpoint was
+    written before normlab counted it."""
 
     def __init__(self) -> None:
         self.started = time.time()
+        self.cpu_started = time.process_time()
         self.earlier_s = 0.0  # earlier attempts, up to the checkpoint this one resumed from
+        self.earlier_cpu_s: float | None = 0.0
         self.attempt = 1
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds of this job so far, earlier attempts included (None: not known)."""
+        if self.earlier_cpu_s is None:
+            return None
+        return self.earlier_cpu_s + time.process_time() - self.cpu_started
+
     def state_dict(self) -> dict[str, Any]:
-        return {"wall_s": self.earlier_s + time.time() - self.started, "attempt": self.attempt}
+        return {
+            "wall_s": self.earlier_s + time.time() - self.started,
+            "cpu_s": self.cpu_s(),
+            "attempt": self.attempt,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.earlier_s = float(state_dict.get("wall_s", 0.0))
+        cpu = state_dict.get("cpu_s")
+        self.earlier_cpu_s = None if cpu is None else float(cpu)
         self.attempt = int(state_dict.get("attempt", 0)) + 1
