@@ -73,9 +73,10 @@ reports (`python scripts/report.py <sweep folder>`). All runs use the shared CIF
 (`make data`). Each section states its budget and its runs' provenance (code, torch, device,
 precision, memory layout). The first section is the recipe itself on the full data set, at
 30 epochs and less (short of the ResNet paper's 91%; its notes say why and what it costs);
-the paper comparisons after it are still small-budget runs (subsets of 2,000-10,000 images, 5
-epochs): read every difference there below a few points as within what such short runs can
-resolve (each table gives the seeds' standard deviation). The papers' ImageNet numbers are
+the GN paper's comparison follows at that recipe (30 epochs on the full data set), published
+cell by cell as its runs finish. The sections after it are still small-budget runs (subsets of
+2,000-10,000 images, 5 epochs): read every difference there below a few points as within what
+such short runs can resolve (each table gives the seeds' standard deviation). The papers' ImageNet numbers are
 listed beside ours as top-1 accuracy for the ordering, not as a target.
 """
 
