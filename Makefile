@@ -59,7 +59,7 @@ bench: $(BENCH_STAMP) ## every benchmark (norms, framework, virtual devices, Pre
 report: $(STAMP) ## table + plots of a sweep folder: make report ARGS=multirun/<date>/<time>
 	$(BIN)/python scripts/report.py $(ARGS)
 
-results: $(STAMP) ## regenerate docs/results.md from the committed run records (ARGS=--publish: first copy them from multirun/)
+results: $(STAMP) ## regenerate docs/results.md from the committed run records (ARGS=--publish: first copy them from multirun/; --publish NAME --runs DIR...: add a chunk's finished runs)
 	$(BIN)/python scripts/results.py $(ARGS)
 
 data: $(STAMP) ## unpack the shared CIFAR-10 JPEGs into .cache/data

@@ -5,7 +5,9 @@ results.json, one per line (normlab.reporting.run_records), since sweep folders 
 never committed. `make results` lays each file out as its sweep folder again and writes the
 sweep's report (normlab.reporting.report) into docs/results.md with its figures; after running a sweep,
 `make results ARGS=--publish` (or `--publish <name>`) first copies its folder's results.json
-files into the records. Every table and figure comes from those records through the report
+files into the records; `--publish <name> --runs <folder>...` instead adds the finished runs
+of sweep folders made elsewhere (a comparison finished in chunks, on machines whose folders are
+not kept) to the records already published. Every table and figure comes from those records through the report
 code; the only hand-written text is each section's account of where normlab agrees with the
 paper and why it may not (docs/results/notes/<name>.md), and the commands, budget and machine
 below, which say how the sweeps were made.
@@ -26,7 +28,7 @@ import yaml
 from normlab.platform.provenance import provenance_summary
 from normlab.reporting.aggregate import own_runs
 from normlab.reporting.report import collect_results, write_report
-from normlab.reporting.run_records import export_records, materialize_records
+from normlab.reporting.run_records import add_finished_runs, export_records, materialize_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,6 +97,15 @@ def publish(section: Section) -> str:
     return f"published {count} runs of {section.sweep} to {records_file(section).relative_to(REPO)}"
 
 
+def publish_chunks(section: Section, folders: list[Path]) -> str:
+    """Add the finished runs below `folders` to the section's records, keeping those published."""
+    missing = [str(folder) for folder in folders if not folder.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"--runs: no folder {', '.join(missing)}")
+    added = add_finished_runs(records_file(section), folders, section.sweep, REPO)
+    return f"{section.name}: {added.summary()} ({records_file(section).relative_to(REPO)})"
+
+
 def render_section(section: Section, docs: Path, work: Path) -> str:
     """One section: how the sweep was made, its report (from the committed run records, laid
     out as the sweep folder in `work`), its figures copied beside, the notes."""
@@ -146,6 +157,15 @@ def main() -> None:
         help="first copy the run records of these sections' sweep folders (all when no name "
         "is given) into docs/results/runs/ (each section: docs/results/runs/<name>.yaml)",
     )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="with --publish NAME: add the finished runs of these sweep folders (made "
+        "anywhere, e.g. chunks of the comparison on other machines) to NAME's published "
+        "records instead of copying NAME's own sweep folder",
+    )
     args = parser.parse_args()
     try:
         sections = load_sections()
@@ -154,9 +174,15 @@ def main() -> None:
             unknown = sorted(set(args.publish) - set(names))
             if unknown:
                 raise ValueError(f"no section {', '.join(unknown)}; choose from {', '.join(names)}")
+            if args.runs and len(args.publish) != 1:
+                raise ValueError("--runs adds runs to one section: give exactly one --publish NAME")
             for section in sections:
-                if not args.publish or section.name in args.publish:
+                if args.runs and section.name in args.publish:
+                    print(publish_chunks(section, args.runs))
+                elif not args.runs and (not args.publish or section.name in args.publish):
                     print(publish(section))
+        elif args.runs:
+            raise ValueError("--runs needs --publish NAME (the section the runs belong to)")
         with tempfile.TemporaryDirectory() as work:
             body = [render_section(s, args.out.parent, Path(work)) for s in sections]
     except (FileNotFoundError, ValueError) as error:

@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 
 from normlab.reporting.report import collect_results, write_report
-from normlab.reporting.run_records import export_records, load_records, materialize_records
+from normlab.reporting.run_records import (
+    add_finished_runs,
+    export_records,
+    load_records,
+    materialize_records,
+)
 from normlab.results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +86,84 @@ def test_bad_records_are_refused_in_one_line(tmp_path: Path) -> None:
         materialize_records(unknown, tmp_path / "sweep2")
 
 
+def make_chunk(folder: Path, runs: list[tuple[str, str, str, str]]) -> Path:
+    """A sweep folder made on another machine: (job, norm, status, fingerprint) per run."""
+    for job, norm, status, digest in runs:
+        write_results(
+            folder / job,
+            {
+                "status": status,
+                "norm": norm,
+                "batch_size": 2,
+                "val_acc": 0.7 if status == "completed" else None,
+                "seed": 0,
+                "fingerprint": digest,
+                "history": [{"epoch": 0, "val/acc": 0.7}],
+                "output_dir": str(folder / job),
+                "resumed_from": str(folder / job / "checkpoints" / "last.ckpt"),
+            },
+        )
+    return folder
+
+
+@pytest.mark.fast
+def test_chunks_made_elsewhere_join_the_published_records(tmp_path: Path) -> None:
+    records = tmp_path / "repo" / "published.jsonl"
+    make_chunk(tmp_path / "first_machine" / "bn", [("0", "bn", "completed", "a" * 64)])
+    first = add_finished_runs(
+        records, [tmp_path / "first_machine" / "bn"], "multirun/s", tmp_path / "repo"
+    )
+    assert first.added == ["bn/0"]
+    before = records.read_text()
+
+    chunk = make_chunk(
+        tmp_path / "second_machine" / "gn",
+        [
+            ("0", "gn", "completed", "b" * 64),
+            ("1", "gn", "interrupted", "c" * 64),
+            ("2", "bn", "completed", "a" * 64),  # the same settings as the published bn/0
+            ("3", "ln", "diverged", "d" * 64),
+        ],
+    )
+    added = add_finished_runs(records, [chunk], "multirun/s", tmp_path / "repo")
+    assert added.added == ["gn/0", "gn/3"]
+    assert added.already_published == ["gn/2"]
+    assert added.unfinished == {"gn/1": "interrupted"}
+    assert added.summary().startswith("added 2 finished runs, 1 already published, 1 not finished")
+    assert records.read_text().startswith(before)  # published lines are kept as they were
+    assert str(tmp_path) not in records.read_text()
+    gn = load_records(records)[1]
+    assert gn["run"] == "gn/0" and gn["output_dir"] == "multirun/s/gn/0"
+    assert gn["resumed_from"] == "multirun/s/gn/0/checkpoints/last.ckpt"
+
+    again = add_finished_runs(records, [chunk], "multirun/s", tmp_path / "repo")
+    assert again.added == [] and len(load_records(records)) == 3
+    sweep = tmp_path / "laid_out"
+    assert materialize_records(records, sweep) == 3
+    assert (sweep / "gn" / "3" / "results.json").is_file()
+    assert (
+        write_report(sweep)["markdown"].read_text().startswith("runs: 3 (2 completed, 1 diverged)")
+    )
+
+
+@pytest.mark.fast
+def test_chunks_that_cannot_be_told_apart_are_refused(tmp_path: Path) -> None:
+    records = tmp_path / "published.jsonl"
+    make_chunk(tmp_path / "a" / "chunk", [("0", "bn", "completed", "a" * 64)])
+    make_chunk(tmp_path / "b" / "chunk", [("0", "gn", "completed", "b" * 64)])
+    with pytest.raises(ValueError, match="folders named chunk more than once"):
+        add_finished_runs(
+            records, [tmp_path / "a" / "chunk", tmp_path / "b" / "chunk"], "m", tmp_path
+        )
+    add_finished_runs(records, [tmp_path / "a" / "chunk"], "m", tmp_path)
+    with pytest.raises(ValueError, match="run chunk/0 is already published with other settings"):
+        add_finished_runs(records, [tmp_path / "b" / "chunk"], "m", tmp_path)
+    make_chunk(tmp_path / "old", [("0", "bn", "completed", "")])
+    with pytest.raises(ValueError, match="has no fingerprint"):
+        add_finished_runs(records, [tmp_path / "old"], "m", tmp_path)
+    assert len(load_records(records)) == 1
+
+
 def test_docs_results_is_what_make_results_writes_from_the_committed_records(
     tmp_path: Path,
 ) -> None:
@@ -108,3 +191,21 @@ def test_publish_names_the_sections(tmp_path: Path) -> None:
     assert "no section nope; choose from " in done.stderr
     listed = done.stderr.split("choose from ")[1].strip().split(", ")
     assert sorted(listed) == names and "gn_batch_size" in listed
+
+
+def test_runs_are_added_to_exactly_one_named_section(tmp_path: Path) -> None:
+    script = [sys.executable, str(REPO / "scripts" / "results.py")]
+    alone = subprocess.run([*script, "--runs", str(tmp_path)], capture_output=True, text=True)
+    assert alone.returncode == 1 and "--runs needs --publish NAME" in alone.stderr
+    two = subprocess.run(
+        [*script, "--publish", "gn_batch_size", "bn_baseline", "--runs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert two.returncode == 1 and "give exactly one --publish NAME" in two.stderr
+    missing = subprocess.run(
+        [*script, "--publish", "gn_batch_size", "--runs", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "--runs: no folder" in missing.stderr

@@ -5,11 +5,15 @@ would be lost with the machine that ran it. `export_records` keeps what reports 
 job's results.json) in a JSON Lines file, with every path made relative to the project;
 `materialize_records` writes them back as a folder of results.json files, which the sweep
 report (normlab.reporting.report.write_report) reads like the sweep folder itself.
+`add_finished_runs` adds a chunk of a comparison run elsewhere (another machine, another
+session) to records already published, without the sweep folder that made them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +23,21 @@ from normlab.run_folder import FINISHED
 RUN_KEY = "run"  # the job's folder below the sweep folder, e.g. "3" or "b2_7"
 
 
+def _rewrite_paths(value: Any, old: str, new: str) -> Any:
+    """`value` with `old` replaced by `new` in every string, lists and dicts included."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, list):
+        return [_rewrite_paths(item, old, new) for item in value]
+    if isinstance(value, dict):
+        return {key: _rewrite_paths(item, old, new) for key, item in value.items()}
+    return value
+
+
 def _relative_paths(value: Any, root: str) -> Any:
     """`value` with every string that names a path under `root` made relative to it, so a
     record carries no path of the machine that made it."""
-    if isinstance(value, str):
-        return value.replace(root + "/", "").replace(root, ".")
-    if isinstance(value, list):
-        return [_relative_paths(item, root) for item in value]
-    if isinstance(value, dict):
-        return {key: _relative_paths(item, root) for key, item in value.items()}
-    return value
+    return _rewrite_paths(_rewrite_paths(value, root + "/", ""), root, ".")
 
 
 def read_sweep(sweep: Path) -> list[dict[str, Any]]:
@@ -90,3 +99,92 @@ def published_record(path: Path, digest: str) -> tuple[int, dict[str, Any]] | No
         if record.get("fingerprint") == digest and record.get("status") in FINISHED:
             return number, record
     return None
+
+
+@dataclass
+class AddedRuns:
+    """What add_finished_runs did with the runs below the folders it was given."""
+
+    added: list[str] = field(default_factory=list)  # run keys written to the records
+    already_published: list[str] = field(default_factory=list)  # same settings already there
+    unfinished: dict[str, str] = field(default_factory=dict)  # run key -> status, left out
+
+    def summary(self) -> str:
+        """One line: how many runs were added, skipped as published, left out as unfinished."""
+        left_out = ", ".join(f"{run} ({status})" for run, status in self.unfinished.items())
+        return (
+            f"added {len(self.added)} finished runs, {len(self.already_published)} already "
+            f"published, {len(self.unfinished)} not finished and left out"
+            + (f": {left_out}" if left_out else "")
+        )
+
+
+def _leaked_paths(value: Any, path: str) -> bool:
+    """Whether any string in `value` still names `path`."""
+    if isinstance(value, str):
+        return path in value
+    if isinstance(value, list):
+        return any(_leaked_paths(item, path) for item in value)
+    if isinstance(value, dict):
+        return any(_leaked_paths(item, path) for item in value.values())
+    return False
+
+
+def add_finished_runs(records: Path, folders: Sequence[Path], sweep: str, root: Path) -> AddedRuns:
+    """Append to the records file `records` the finished runs (completed or diverged) below
+    each sweep folder in `folders`, so a comparison can be finished in chunks on machines whose
+    folders are not kept. Each run is keyed <folder name>/<job folder> and its paths are
+    rewritten as if the folder lay in the section's sweep folder `sweep` (relative to `root`).
+    Runs whose settings (fingerprint) the records already hold are skipped, unfinished ones
+    left out; lines already published are kept unchanged."""
+    existing = load_records(records) if Path(records).is_file() else []
+    keys = {record[RUN_KEY]: record.get("fingerprint") for record in existing}
+    published = {
+        record.get("fingerprint") for record in existing if record.get("status") in FINISHED
+    }
+    names = [Path(folder).resolve().name for folder in folders]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(
+            f"folders named {', '.join(twice)} more than once; their runs would share keys"
+        )
+    outcome, lines = AddedRuns(), []
+    for folder in folders:
+        folder = Path(folder).resolve()
+        for record in read_sweep(folder):
+            key = f"{folder.name}/{record.pop(RUN_KEY)}"
+            if record.get("status") not in FINISHED:
+                outcome.unfinished[key] = str(record.get("status"))
+                continue
+            digest = record.get("fingerprint")
+            if not digest:
+                raise ValueError(
+                    f"{folder}/{key.split('/', 1)[1]}: its results.json has no fingerprint, so whether it is already published cannot be told"
+                )
+            if digest in published:
+                outcome.already_published.append(key)
+                continue
+            if key in keys:
+                raise ValueError(
+                    f"run {key} is already published with other settings; rename the folder {folder}"
+                )
+            relocated = _rewrite_paths(record, str(folder), f"{sweep}/{folder.name}")
+            relocated = _relative_paths(relocated, str(Path(root).resolve()))
+            if folder.parent != folder.parent.parent and _leaked_paths(
+                relocated, str(folder.parent)
+            ):
+                raise ValueError(
+                    f"{folder}: a record still names {folder.parent} after rewriting its paths"
+                )
+            relocated[RUN_KEY] = key
+            lines.append(json.dumps(relocated, sort_keys=True))
+            published.add(digest)
+            keys[key] = digest
+            outcome.added.append(key)
+    if lines:
+        Path(records).parent.mkdir(parents=True, exist_ok=True)
+        text = Path(records).read_text() if Path(records).is_file() else ""
+        if text and not text.endswith("\n"):
+            text += "\n"
+        Path(records).write_text(text + "\n".join(lines) + "\n")
+    return outcome
