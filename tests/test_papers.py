@@ -93,6 +93,27 @@ def test_claims_agree_disagree_or_are_not_measured() -> None:
     assert "difference +39.00" in verdicts["GN is better than BN at a per-device batch of 2"].detail
 
 
+def test_claims_never_compare_runs_of_two_recipes() -> None:
+    frame = runs(
+        [
+            ("bn", 32, 0, "completed", 0.867),
+            ("bn", 2, 0, "completed", 0.838),
+            ("bn", 2, 1, "completed", 0.80),
+        ]
+    ).assign(precision=["bf16-mixed", "32-true", "bf16-mixed"])
+    statement = "BN at a per-device batch of 32 is better than BN at 2"
+    verdicts = [v for v in check_claims(frame, "gn_batch_size") if v.claim.statement == statement]
+    by_recipe = {v.recipe: v for v in verdicts}
+    assert set(by_recipe) == {"precision 32-true", "precision bf16-mixed"}
+    assert by_recipe["precision 32-true"].outcome == "not measured"  # no float32 run at 32
+    assert by_recipe["precision bf16-mixed"].detail.startswith("86.70 vs 80.00")
+    one_recipe = frame.assign(precision="bf16-mixed")
+    (alone,) = [
+        v for v in check_claims(one_recipe, "gn_batch_size") if v.claim.statement == statement
+    ]
+    assert alone.recipe == "" and alone.detail.startswith("86.70 vs 81.90")
+
+
 def test_divergence_claim_and_negated_selector() -> None:
     frame = pd.DataFrame(
         [

@@ -204,8 +204,9 @@ def paper_section(report: SweepReport) -> list[str]:
         ]
         for verdict in report.verdicts:
             noise = " (within the seeds' spread)" if verdict.within_noise else ""
+            recipe = f" [{verdict.recipe}]" if verdict.recipe else ""
             lines.append(
-                f"| {verdict.claim.statement} | {verdict.claim.paper}: {verdict.claim.source} | "
+                f"| {verdict.claim.statement}{recipe} | {verdict.claim.paper}: {verdict.claim.source} | "
                 f"{verdict.outcome}{noise} | {verdict.detail} |"
             )
     return lines

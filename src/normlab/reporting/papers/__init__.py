@@ -3,13 +3,15 @@ agrees with them.
 
 Claims are checked on the mean over completed seeds of the final validation accuracy. A claim
 whose rows were not run, or have no completed seed, is 'not measured'; one whose difference is
-smaller than the seeds' spread says so, since the order could flip with more seeds.
+smaller than the seeds' spread says so, since the order could flip with more seeds. Runs of
+different recipes (precision, memory layout, epoch budget, model, data) are never compared
+with each other: where a sweep holds several, each claim is checked within each recipe.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -19,6 +21,9 @@ import yaml
 
 from normlab.reporting.aggregate import axis_label
 
+# The run settings that make a recipe rather than a method's setting: a claim compares runs of
+# one recipe only (a float32 run against a bf16 one would mix two effects).
+RECIPE_AXES = ("precision", "memory_format", "max_epochs", "model", "data")
 CLAIM_KINDS = ("better", "not_worse", "order", "less_spread", "close", "diverges", "wider_gap")
 Selector = dict[str, Any]
 
@@ -68,6 +73,7 @@ class Verdict:
     outcome: str
     detail: str
     within_noise: bool = False
+    recipe: str = ""  # 'precision bf16-mixed' where the sweep holds runs of several recipes
 
 
 @cache
@@ -211,6 +217,40 @@ def _check_gap(frame: pd.DataFrame, claim: Claim) -> Verdict:
     return Verdict(claim, outcome, detail, abs(wide - narrow) <= max(noise_wide, noise_narrow))
 
 
+def named_axes(claim: Claim) -> set[str]:
+    """The run axes a claim's selectors (and its spread axis) name."""
+    named = {claim.axis} if claim.axis else set()
+    for selector in (claim.a, claim.b, *claim.rows):
+        named |= set(selector)
+    return named
+
+
+def recipes(frame: pd.DataFrame, claim: Claim) -> list[tuple[str, pd.DataFrame]]:
+    """The runs of `frame` split by the recipe axes (RECIPE_AXES) that differ between them and
+    that `claim` does not name, each part labelled ('precision bf16-mixed'); one unlabelled part
+    when every run shares one recipe."""
+    varying = [
+        axis
+        for axis in RECIPE_AXES
+        if axis in frame
+        and axis not in named_axes(claim)
+        and frame[axis].dropna().map(axis_label).nunique() > 1
+    ]
+    if not varying:
+        return [("", frame)]
+    keys = [frame[axis].map(axis_label).fillna("?") for axis in varying]
+    parts = []
+    for key, part in frame.groupby(keys, sort=True):
+        values = key if isinstance(key, tuple) else (key,)
+        parts.append((", ".join(f"{a} {v}" for a, v in zip(varying, values, strict=True)), part))
+    return parts
+
+
 def check_claims(frame: pd.DataFrame, preset: str) -> list[Verdict]:
-    """Every claim of `preset`, checked on `frame` (one row per run, results.json fields)."""
-    return [check_claim(frame, claim) for claim in claims(preset)]
+    """Every claim of `preset`, checked on `frame` (one row per run, results.json fields),
+    within each recipe the runs use (recipes)."""
+    return [
+        replace(check_claim(part, claim), recipe=recipe)
+        for claim in claims(preset)
+        for recipe, part in recipes(frame, claim)
+    ]
