@@ -119,17 +119,6 @@ class AddedRuns:
         )
 
 
-def _leaked_paths(value: Any, path: str) -> bool:
-    """Whether any string in `value` still names `path`."""
-    if isinstance(value, str):
-        return path in value
-    if isinstance(value, list):
-        return any(_leaked_paths(item, path) for item in value)
-    if isinstance(value, dict):
-        return any(_leaked_paths(item, path) for item in value.values())
-    return False
-
-
 def add_finished_runs(records: Path, folders: Sequence[Path], sweep: str, root: Path) -> AddedRuns:
     """Append to the records file `records` the finished runs (completed or diverged) below
     each sweep folder in `folders`, so a comparison can be finished in chunks on machines whose
@@ -138,7 +127,7 @@ def add_finished_runs(records: Path, folders: Sequence[Path], sweep: str, root: 
     Runs whose settings (fingerprint) the records already hold are skipped, unfinished ones
     left out; lines already published are kept unchanged."""
     existing = load_records(records) if Path(records).is_file() else []
-    keys = {record[RUN_KEY]: record.get("fingerprint") for record in existing}
+    keys = {record[RUN_KEY] for record in existing}
     published = {
         record.get("fingerprint") for record in existing if record.get("status") in FINISHED
     }
@@ -170,16 +159,15 @@ def add_finished_runs(records: Path, folders: Sequence[Path], sweep: str, root: 
                 )
             relocated = _rewrite_paths(record, str(folder), f"{sweep}/{folder.name}")
             relocated = _relative_paths(relocated, str(Path(root).resolve()))
-            if folder.parent != folder.parent.parent and _leaked_paths(
-                relocated, str(folder.parent)
-            ):
+            relocated[RUN_KEY] = key
+            line = json.dumps(relocated, sort_keys=True)
+            if folder.parent != folder.parent.parent and str(folder.parent) in line:
                 raise ValueError(
                     f"{folder}: a record still names {folder.parent} after rewriting its paths"
                 )
-            relocated[RUN_KEY] = key
-            lines.append(json.dumps(relocated, sort_keys=True))
+            lines.append(line)
             published.add(digest)
-            keys[key] = digest
+            keys.add(key)
             outcome.added.append(key)
     if lines:
         Path(records).parent.mkdir(parents=True, exist_ok=True)

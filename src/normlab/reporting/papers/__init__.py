@@ -229,11 +229,12 @@ def recipes(frame: pd.DataFrame, claim: Claim) -> list[tuple[str, pd.DataFrame]]
     """The runs of `frame` split by the recipe axes (RECIPE_AXES) that differ between them and
     that `claim` does not name, each part labelled ('precision bf16-mixed'); one unlabelled part
     when every run shares one recipe."""
+    named = named_axes(claim)
     varying = [
         axis
         for axis in RECIPE_AXES
         if axis in frame
-        and axis not in named_axes(claim)
+        and axis not in named
         and frame[axis].dropna().map(axis_label).nunique() > 1
     ]
     if not varying:
